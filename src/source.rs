@@ -1,0 +1,77 @@
+//! What every model reader hands to the model: hyperparameters, tokenizer,
+//! chat template and a way to fetch each weight as f32.
+//!
+//! Tensors are named as in Hugging Face `LlamaForCausalLM`
+//! (`model.layers.7.self_attn.q_proj.weight`), whatever the file calls them,
+//! and q/k projections are in Hugging Face row order (llama.cpp's RoPE
+//! permutation undone), so the model needs no knowledge of the file format.
+
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::tensor::Tensor;
+use crate::tokenizer::Tokenizer;
+use std::path::{Path, PathBuf};
+
+/// The kind of file a model was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    /// A Hugging Face checkpoint folder (config.json, safetensors, tokenizer.json).
+    HfFolder,
+    /// A llama.cpp GGUF file.
+    Gguf,
+}
+
+/// Access to the weights of one model file or folder.
+pub trait TensorSource: Send + Sync {
+    /// Names of all tensors, Hugging Face style.
+    fn names(&self) -> Vec<String>;
+    /// Shape of a tensor, outermost first (`[out, in]` for a linear weight).
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// The tensor as row-major f32, zero-copy where the file allows it.
+    /// An unknown name, unsupported dtype or corrupted data is an error that
+    /// names the file and the tensor.
+    fn load_f32(&self, name: &str) -> Result<Tensor>;
+}
+
+/// Sampling defaults a checkpoint may suggest (`generation_config.json`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationDefaults {
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+}
+
+/// Everything read from a model source, ready for [`crate::Model`].
+pub struct ModelParts {
+    pub config: ModelConfig,
+    pub tokenizer: Tokenizer,
+    /// Jinja chat template, if the source has one.
+    pub chat_template: Option<String>,
+    pub generation: GenerationDefaults,
+    pub tensors: Box<dyn TensorSource>,
+    /// The file or folder it came from.
+    pub path: PathBuf,
+    pub format: SourceFormat,
+}
+
+/// Reads a model from a Hugging Face folder or a `.gguf` file, chosen by
+/// what `path` is.
+pub fn open(path: &Path) -> Result<ModelParts> {
+    if path.is_dir() {
+        crate::hf::load(path)
+    } else if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        crate::gguf::load(path)
+    } else if !path.exists() {
+        Err(crate::Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+        ))
+    } else {
+        // Sniff the magic so that a GGUF file under another name still loads.
+        crate::gguf::load(path)
+    }
+}
