@@ -1,1 +1,6 @@
 //! Compute kernels for microllm.
+//!
+//! `f32` holds the exact reference path: every later kernel (quantized,
+//! SIMD) is measured against it.
+
+pub mod f32;

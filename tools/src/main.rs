@@ -1,1 +1,352 @@
-fn main() {}
+//! `microllm`: run, chat with, inspect and check small language models.
+//!
+//! Everything here goes through the `microllm` library's public API.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use microllm::{source, Control, GenerateOptions, Logits, Message, Model, SamplerConfig, Session};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "microllm", version, about = "A pure-Rust inference engine for small language models")]
+struct Cli {
+    /// Worker threads (default: one per core).
+    #[arg(long, short = 't', global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt, streamed to stdout.
+    Run(RunArgs),
+    /// Chat with the model in the terminal.
+    Chat(ChatArgs),
+    /// Write the logits of a prompt to a .npy file (float32).
+    Logits(LogitsArgs),
+    /// Print the token ids of TEXT as a JSON array (special tokens in the text recognised, none added).
+    Tokenize {
+        /// Model folder or file.
+        model: PathBuf,
+        /// Text to tokenize.
+        text: String,
+    },
+    /// Print the configuration and tensor list of a model.
+    Inspect {
+        /// Model folder or file.
+        model: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct SamplingArgs {
+    /// Most new tokens.
+    #[arg(long, short = 'n', default_value_t = 256)]
+    max_tokens: usize,
+    /// Temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temp: f32,
+    /// Keep only the K most likely tokens (0: off).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches P (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Drop tokens less likely than P times the most likely one (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    /// Penalty for tokens seen in the last --repeat-last-n (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// How many recent tokens the repetition penalty looks at.
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
+    /// Random seed: the same seed gives the same text.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Stop when the text contains this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Keep generating past the end-of-sequence token.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Context length (default: the model's).
+    #[arg(long)]
+    ctx: Option<usize>,
+}
+
+impl SamplingArgs {
+    fn options(&self) -> GenerateOptions {
+        GenerateOptions {
+            max_tokens: self.max_tokens,
+            sampler: SamplerConfig {
+                temperature: self.temp,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                repetition_penalty: self.repeat_penalty,
+                repeat_last_n: self.repeat_last_n,
+                seed: self.seed,
+            },
+            stop_at_eos: !self.ignore_eos,
+            stop_strings: self.stop.clone(),
+            cancel: None,
+        }
+    }
+
+    fn session(&self, model: Arc<Model>) -> Session {
+        match self.ctx {
+            Some(n) => Session::with_context_length(model, n),
+            None => Session::new(model),
+        }
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Model: a Hugging Face folder or a .gguf file.
+    model: PathBuf,
+    /// The prompt.
+    #[arg(long, short = 'p')]
+    prompt: String,
+    /// Apply the model's chat template (the prompt is the user's message).
+    #[arg(long)]
+    chat: bool,
+    /// System prompt, with --chat.
+    #[arg(long)]
+    system: Option<String>,
+    /// Print timings to stderr at the end.
+    #[arg(long)]
+    verbose: bool,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    /// Model: a Hugging Face folder or a .gguf file.
+    model: PathBuf,
+    /// System prompt.
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+struct LogitsArgs {
+    /// Model: a Hugging Face folder or a .gguf file.
+    model: PathBuf,
+    /// Text to score.
+    #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
+    prompt: Option<String>,
+    /// Comma-separated token ids to score.
+    #[arg(long, value_delimiter = ',')]
+    tokens: Option<Vec<u32>>,
+    /// Output .npy file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Write logits for every position, shape (n, vocab), not just the last (vocab).
+    #[arg(long)]
+    all_positions: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run_cli(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_cli(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("setting up threads")?;
+    }
+    match cli.command {
+        Command::Run(a) => cmd_run(a),
+        Command::Chat(a) => cmd_chat(a),
+        Command::Logits(a) => cmd_logits(a),
+        Command::Tokenize { model, text } => {
+            let model = Model::load(&model)?;
+            println!("{}", serde_json::to_string(&model.tokenizer().encode(&text))?);
+            Ok(())
+        }
+        Command::Inspect { model } => cmd_inspect(&model),
+    }
+}
+
+fn load(path: &Path) -> Result<Arc<Model>> {
+    let model = Model::load(path)?;
+    Ok(Arc::new(model))
+}
+
+fn cmd_run(a: RunArgs) -> Result<()> {
+    let model = load(&a.model)?;
+    let opts = a.sampling.options();
+    let mut session = a.sampling.session(model.clone());
+    let mut out = std::io::stdout().lock();
+    let mut print = |ev: &microllm::TokenEvent| {
+        // A closed stdout (e.g. piped into `head`) ends generation quietly.
+        if out.write_all(ev.text.as_bytes()).and_then(|_| out.flush()).is_err() {
+            return Control::Stop;
+        }
+        Control::Continue
+    };
+    let g = if a.chat {
+        let mut messages = Vec::new();
+        if let Some(s) = &a.system {
+            messages.push(Message::system(s.clone()));
+        }
+        messages.push(Message::user(a.prompt.clone()));
+        session.chat(&messages, &opts, &mut print)?
+    } else {
+        session.generate(&a.prompt, &opts, &mut print)?
+    };
+    println!();
+    if a.verbose {
+        eprintln!(
+            "[{:?}] prompt {} tokens, {:.1} tok/s; generated {} tokens, {:.1} tok/s; first token after {:.0} ms; load {:.0} ms",
+            g.finish,
+            g.prompt_tokens,
+            g.prefill_tok_s(),
+            g.tokens.len(),
+            g.decode_tok_s(),
+            g.time_to_first_token.as_secs_f64() * 1e3,
+            model.load_time().as_secs_f64() * 1e3
+        );
+    }
+    Ok(())
+}
+
+fn cmd_chat(a: ChatArgs) -> Result<()> {
+    let model = load(&a.model)?;
+    if model.chat_template().is_none() {
+        bail!("{}: this model has no chat template", a.model.display());
+    }
+    let opts = a.sampling.options();
+    let mut session = a.sampling.session(model);
+    let mut messages = Vec::new();
+    if let Some(s) = &a.system {
+        messages.push(Message::system(s.clone()));
+    }
+    eprintln!("Chat with the model. /reset forgets the conversation, /quit (or Ctrl-D) ends.");
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    loop {
+        eprint!("> ");
+        line.clear();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let input = line.trim();
+        match input {
+            "" => continue,
+            "/quit" | "/exit" => break,
+            "/reset" => {
+                messages.retain(|m| m.role == "system");
+                session.reset();
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(Message::user(input));
+        let mut out = std::io::stdout().lock();
+        let g = session.chat(&messages, &opts, |ev| {
+            let _ = out.write_all(ev.text.as_bytes()).and_then(|_| out.flush());
+            Control::Continue
+        })?;
+        drop(out);
+        println!();
+        messages.push(Message::assistant(g.text));
+    }
+    Ok(())
+}
+
+fn cmd_logits(a: LogitsArgs) -> Result<()> {
+    let model = load(&a.model)?;
+    let ids = match (&a.prompt, &a.tokens) {
+        (Some(p), _) => model.tokenizer().encode(p),
+        (None, Some(t)) => t.clone(),
+        (None, None) => bail!("give --prompt or --tokens"),
+    };
+    if ids.is_empty() {
+        bail!("the prompt has no tokens");
+    }
+    let mut cache = model.new_cache(ids.len());
+    let which = if a.all_positions { Logits::All } else { Logits::Last };
+    let logits = model.forward(&ids, &mut cache, which)?;
+    let vocab = model.config().vocab_size;
+    let shape = if a.all_positions { vec![ids.len(), vocab] } else { vec![vocab] };
+    write_npy_f32(&a.out, &shape, &logits).with_context(|| format!("writing {}", a.out.display()))?;
+    eprintln!("wrote {} ({:?} float32, {} tokens)", a.out.display(), shape, ids.len());
+    Ok(())
+}
+
+/// Writes a little-endian float32 array in NumPy's .npy format (version 1.0).
+fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_str = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_str}, }}");
+    // Magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
+    header.push('\n');
+    let mut bytes = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&u16::try_from(header.len())?.to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in data {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, bytes)?;
+    Ok(())
+}
+
+fn cmd_inspect(path: &Path) -> Result<()> {
+    let parts = source::open(path)?;
+    let c = &parts.config;
+    println!("model: {} ({:?})", path.display(), parts.format);
+    println!("architecture: {}", c.architecture);
+    println!(
+        "layers {}  hidden {}  intermediate {}  heads {} (kv {})  head_dim {}",
+        c.n_layers, c.hidden_size, c.intermediate_size, c.n_heads, c.n_kv_heads, c.head_dim
+    );
+    println!(
+        "vocab {}  context {}  rope_theta {}  rms_norm_eps {:e}  tied embeddings {}",
+        c.vocab_size, c.max_seq_len, c.rope_theta, c.rms_norm_eps, c.tie_word_embeddings
+    );
+    if let Some(s) = &c.rope_scaling {
+        println!("rope scaling: {s:?}");
+    }
+    println!("bos {:?}  eos {:?}", c.bos_token_id, c.eos_token_ids);
+    println!("tokenizer: {} tokens", parts.tokenizer.vocab_size());
+    println!("chat template: {}", if parts.chat_template.is_some() { "yes" } else { "no" });
+    let mut names = parts.tensors.names();
+    names.sort_by_key(|n| natural_key(n));
+    let mut total = 0usize;
+    println!("tensors ({}):", names.len());
+    for n in &names {
+        let shape = parts.tensors.shape(n).unwrap_or_default();
+        total += shape.iter().product::<usize>();
+        println!("  {n:<50} {shape:?}");
+    }
+    println!("parameters: {total} ({:.1} M)", total as f64 / 1e6);
+    Ok(())
+}
+
+/// Sorts "layers.10" after "layers.9".
+fn natural_key(name: &str) -> Vec<(String, u64)> {
+    name.split('.')
+        .map(|p| match p.parse::<u64>() {
+            Ok(n) => (String::new(), n),
+            Err(_) => (p.to_string(), 0),
+        })
+        .collect()
+}

@@ -1,0 +1,224 @@
+//! Reference f32 kernels: the exact path every other kernel is held to.
+//!
+//! Matrices are row-major. A weight `w` of shape `(out, in)` holds the
+//! weights of output `o` in `w[o * in..(o + 1) * in]` (PyTorch `nn.Linear`).
+
+use rayon::prelude::*;
+
+/// Dot product with eight independent partial sums: fewer rounding steps in
+/// a row than a single running sum, and a shape the compiler vectorises.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot: length mismatch");
+    let mut acc = [0.0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0.0f32;
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        tail += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Output rows handed to one rayon task: enough work (~64 KiB of f32
+/// weights at width 576) to outweigh the task's scheduling cost.
+const ROWS_PER_TASK: usize = 32;
+
+/// `out (n, rows) = x (n, cols) · wᵀ` where `w` is `(rows, cols)`.
+///
+/// Parallel over blocks of weight rows, so each weight row is read once from
+/// memory and used for all `n` input vectors.
+pub fn matmul(out: &mut [f32], x: &[f32], w: &[f32], n: usize, cols: usize, rows: usize) {
+    assert_eq!(x.len(), n * cols, "matmul: x is not (n, cols)");
+    assert_eq!(w.len(), rows * cols, "matmul: w is not (rows, cols)");
+    assert_eq!(out.len(), n * rows, "matmul: out is not (n, rows)");
+    if n == 1 {
+        out.par_chunks_mut(ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(chunk, out_rows)| {
+                let r0 = chunk * ROWS_PER_TASK;
+                for (i, o) in out_rows.iter_mut().enumerate() {
+                    let r = r0 + i;
+                    *o = dot(&w[r * cols..(r + 1) * cols], x);
+                }
+            });
+        return;
+    }
+    // Work in (rows, n) order so that tasks own disjoint output slices, then
+    // transpose: the transpose costs n·rows moves against n·rows·cols FMAs.
+    let mut out_t = vec![0.0f32; rows * n];
+    out_t
+        .par_chunks_mut(ROWS_PER_TASK * n)
+        .enumerate()
+        .for_each(|(chunk, block)| {
+            let r0 = chunk * ROWS_PER_TASK;
+            for (i, row_out) in block.chunks_mut(n).enumerate() {
+                let r = r0 + i;
+                let wr = &w[r * cols..(r + 1) * cols];
+                for (t, o) in row_out.iter_mut().enumerate() {
+                    *o = dot(wr, &x[t * cols..(t + 1) * cols]);
+                }
+            }
+        });
+    for r in 0..rows {
+        for t in 0..n {
+            out[t * rows + r] = out_t[r * n + t];
+        }
+    }
+}
+
+/// RMSNorm of one vector: `out = x / sqrt(mean(x²) + eps) * weight`.
+/// The mean of squares is summed in f64 so that the norm is exact to f32.
+pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    assert!(out.len() == x.len() && x.len() == weight.len(), "rmsnorm: length mismatch");
+    let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let inv = 1.0 / ((ss / x.len() as f64) + eps as f64).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(weight) {
+        *o = ((v as f64 * inv) as f32) * g;
+    }
+}
+
+/// In-place softmax; the maximum is subtracted first so that exp never
+/// overflows. An empty slice is left as it is.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if x.is_empty() || max == f32::NEG_INFINITY {
+        return;
+    }
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// SwiGLU's gate: `gate[i] = silu(gate[i]) * up[i]`, `silu(x) = x·σ(x)`.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "silu_mul: length mismatch");
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let s = *g / (1.0 + (-*g).exp());
+        *g = s * u;
+    }
+}
+
+/// Rotary position embedding, Hugging Face `rotate_half` convention: within
+/// each head of `head_dim` values, element `i` is paired with `i + head_dim/2`.
+/// `cos`/`sin` hold `head_dim / 2` values for this position.
+pub fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+    let half = head_dim / 2;
+    assert!(cos.len() == half && sin.len() == half, "rope: table length");
+    assert_eq!(x.len() % head_dim, 0, "rope: not a whole number of heads");
+    for head in x.chunks_exact_mut(head_dim) {
+        let (a, b) = head.split_at_mut(half);
+        for i in 0..half {
+            let (x0, x1) = (a[i], b[i]);
+            a[i] = x0 * cos[i] - x1 * sin[i];
+            b[i] = x1 * cos[i] + x0 * sin[i];
+        }
+    }
+}
+
+/// `y += x`, element-wise (the residual connection).
+pub fn add_inplace(y: &mut [f32], x: &[f32]) {
+    assert_eq!(y.len(), x.len(), "add: length mismatch");
+    for (a, &b) in y.iter_mut().zip(x) {
+        *a += b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive_dot(a: &[f32], b: &[f32]) -> f64 {
+        a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+    }
+
+    fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dot_matches_f64_on_odd_lengths() {
+        for n in [0, 1, 7, 8, 9, 63, 576, 1537] {
+            let a = pseudo_random(n, 1);
+            let b = pseudo_random(n, 2);
+            let got = dot(&a, &b) as f64;
+            assert!((got - naive_dot(&a, &b)).abs() < 1e-4, "n={n}");
+        }
+    }
+
+    #[test]
+    fn matmul_equals_rowwise_dots_for_one_and_many_tokens() {
+        let (rows, cols) = (70, 33);
+        let w = pseudo_random(rows * cols, 3);
+        for n in [1, 2, 5] {
+            let x = pseudo_random(n * cols, 4);
+            let mut out = vec![0.0; n * rows];
+            matmul(&mut out, &x, &w, n, cols, rows);
+            for t in 0..n {
+                for r in 0..rows {
+                    let want = naive_dot(&w[r * cols..(r + 1) * cols], &x[t * cols..(t + 1) * cols]);
+                    assert!((out[t * rows + r] as f64 - want).abs() < 1e-5, "t={t} r={r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rmsnorm_hand_computed() {
+        // mean of squares of [3, 4] = 12.5; 1/sqrt(12.5) = 0.28284271
+        let mut out = [0.0; 2];
+        rmsnorm(&mut out, &[3.0, 4.0], &[1.0, 2.0], 0.0);
+        assert!((out[0] - 0.848_528_1).abs() < 1e-6);
+        assert!((out[1] - 2.262_741_7).abs() < 1e-6);
+    }
+
+    #[test]
+    fn softmax_hand_computed_and_stable() {
+        let mut x = [1.0, 2.0, 3.0];
+        softmax(&mut x);
+        let e: Vec<f64> = [1.0f64, 2.0, 3.0].iter().map(|v| v.exp()).collect();
+        let s: f64 = e.iter().sum();
+        for i in 0..3 {
+            assert!((x[i] as f64 - e[i] / s).abs() < 1e-7);
+        }
+        let mut big = [1000.0, 1000.0, f32::NEG_INFINITY];
+        softmax(&mut big);
+        assert_eq!(big, [0.5, 0.5, 0.0]);
+    }
+
+    #[test]
+    fn silu_mul_hand_computed() {
+        let mut g = [0.0, 1.0, -2.0];
+        silu_mul(&mut g, &[5.0, 2.0, 1.0]);
+        assert_eq!(g[0], 0.0);
+        assert!((g[1] - 2.0 * 0.731_058_6).abs() < 1e-6);
+        assert!((g[2] - (-2.0 * 0.119_202_92)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rope_rotates_pairs_half_apart() {
+        // head_dim 4: pairs (0,2) and (1,3); rotate by 90° and 0°.
+        let mut x = [1.0, 2.0, 3.0, 4.0];
+        rope(&mut x, 4, &[0.0, 1.0], &[1.0, 0.0]);
+        assert_eq!(x, [-3.0, 2.0, 1.0, 4.0]);
+    }
+}

@@ -1,0 +1,478 @@
+//! The Llama-family decoder: weights, KV cache and the forward pass, read top
+//! to bottom in one place.
+//!
+//! Notation: `dim` = hidden_size, `hidden` = intermediate_size, `q_dim` =
+//! n_heads · head_dim, `kv_dim` = n_kv_heads · head_dim, `n` = tokens in
+//! this forward call.
+
+use crate::chat::ChatTemplate;
+use crate::config::{ModelConfig, RopeScaling};
+use crate::error::{Error, Result};
+use crate::source::{self, GenerationDefaults, ModelParts, SourceFormat, TensorSource};
+use crate::tensor::Tensor;
+use crate::tokenizer::Tokenizer;
+use microllm_kernels::f32 as k;
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Weights of one transformer block.
+#[derive(Debug)]
+pub struct LayerWeights {
+    /// attn_norm: (dim)
+    pub attn_norm: Tensor,
+    /// wq: (q_dim, dim)
+    pub wq: Tensor,
+    /// wk: (kv_dim, dim)
+    pub wk: Tensor,
+    /// wv: (kv_dim, dim)
+    pub wv: Tensor,
+    /// wo: (dim, q_dim)
+    pub wo: Tensor,
+    /// ffn_norm: (dim)
+    pub ffn_norm: Tensor,
+    /// w_gate: (hidden, dim)
+    pub w_gate: Tensor,
+    /// w_up: (hidden, dim)
+    pub w_up: Tensor,
+    /// w_down: (dim, hidden)
+    pub w_down: Tensor,
+}
+
+/// All weights of the model.
+#[derive(Debug)]
+pub struct Weights {
+    /// token_embedding: (vocab, dim)
+    pub token_embedding: Tensor,
+    /// layers: n_layers blocks
+    pub layers: Vec<LayerWeights>,
+    /// final_norm: (dim)
+    pub final_norm: Tensor,
+    /// lm_head: (vocab, dim); `None` when tied to the token embedding.
+    pub lm_head: Option<Tensor>,
+}
+
+impl Weights {
+    /// Fetches every tensor from `src`, checking each shape against `cfg`.
+    fn load(cfg: &ModelConfig, src: &dyn TensorSource, path: &Path) -> Result<Weights> {
+        let get = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            match src.shape(name) {
+                None => return Err(Error::format(path, format!("missing tensor '{name}'"))),
+                Some(s) if s != shape => {
+                    return Err(Error::format(
+                        path,
+                        format!("tensor '{name}' has shape {s:?}, expected {shape:?}"),
+                    ))
+                }
+                Some(_) => {}
+            }
+            let t = src.load_f32(name)?;
+            if t.shape() != shape {
+                return Err(Error::format(
+                    path,
+                    format!("tensor '{name}' loaded with shape {:?}, expected {shape:?}", t.shape()),
+                ));
+            }
+            Ok(t)
+        };
+        let (dim, hidden, vocab) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
+        let layers = (0..cfg.n_layers)
+            .map(|l| {
+                let p = format!("model.layers.{l}.");
+                Ok(LayerWeights {
+                    attn_norm: get(&format!("{p}input_layernorm.weight"), &[dim])?,
+                    wq: get(&format!("{p}self_attn.q_proj.weight"), &[q_dim, dim])?,
+                    wk: get(&format!("{p}self_attn.k_proj.weight"), &[kv_dim, dim])?,
+                    wv: get(&format!("{p}self_attn.v_proj.weight"), &[kv_dim, dim])?,
+                    wo: get(&format!("{p}self_attn.o_proj.weight"), &[dim, q_dim])?,
+                    ffn_norm: get(&format!("{p}post_attention_layernorm.weight"), &[dim])?,
+                    w_gate: get(&format!("{p}mlp.gate_proj.weight"), &[hidden, dim])?,
+                    w_up: get(&format!("{p}mlp.up_proj.weight"), &[hidden, dim])?,
+                    w_down: get(&format!("{p}mlp.down_proj.weight"), &[dim, hidden])?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(get("lm_head.weight", &[vocab, dim])?)
+        };
+        Ok(Weights {
+            token_embedding: get("model.embed_tokens.weight", &[vocab, dim])?,
+            layers,
+            final_norm: get("model.norm.weight", &[dim])?,
+            lm_head,
+        })
+    }
+}
+
+/// Keys and values of every position seen so far, per layer.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    /// k[layer]: (len, kv_dim)
+    k: Vec<Vec<f32>>,
+    /// v[layer]: (len, kv_dim)
+    v: Vec<Vec<f32>>,
+    kv_dim: usize,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    /// An empty cache for up to `capacity` positions. Memory grows with use.
+    pub fn new(cfg: &ModelConfig, capacity: usize) -> KvCache {
+        KvCache {
+            k: vec![Vec::new(); cfg.n_layers],
+            v: vec![Vec::new(); cfg.n_layers],
+            kv_dim: cfg.kv_dim(),
+            len: 0,
+            capacity,
+        }
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Most positions this cache accepts.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets every position from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.len {
+            for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
+                buf.truncate(len * self.kv_dim);
+            }
+            self.len = len;
+        }
+    }
+
+    /// Bytes held by keys and values.
+    pub fn bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(|b| b.len() * 4).sum()
+    }
+}
+
+/// Which positions of a forward call to compute logits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's (what generation needs).
+    Last,
+    /// Every token's (for perplexity and reference checks).
+    All,
+}
+
+/// A loaded model: weights, tokenizer and chat template. Share it between
+/// sessions with an `Arc`.
+pub struct Model {
+    config: ModelConfig,
+    tokenizer: Tokenizer,
+    chat_template: Option<ChatTemplate>,
+    generation: GenerationDefaults,
+    weights: Weights,
+    /// inv_freq: (head_dim / 2), RoPE frequencies after any scaling.
+    inv_freq: Vec<f64>,
+    path: PathBuf,
+    format: SourceFormat,
+    load_time: Duration,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("path", &self.path)
+            .field("format", &self.format)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Loads a model from a Hugging Face checkpoint folder or a `.gguf` file.
+    ///
+    /// ```no_run
+    /// let model = microllm::Model::load("models/smollm2-135m-hf-f32")?;
+    /// println!("{} layers", model.config().n_layers);
+    /// # Ok::<(), microllm::Error>(())
+    /// ```
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        let start = Instant::now();
+        let parts = source::open(path.as_ref())?;
+        let mut model = Model::from_parts(parts)?;
+        model.load_time = start.elapsed();
+        Ok(model)
+    }
+
+    /// Builds a model from what a reader produced.
+    pub fn from_parts(parts: ModelParts) -> Result<Model> {
+        let start = Instant::now();
+        let ModelParts {
+            config,
+            tokenizer,
+            chat_template,
+            generation,
+            tensors,
+            path,
+            format,
+        } = parts;
+        config.validate(&path)?;
+        if tokenizer.vocab_size() > config.vocab_size {
+            return Err(Error::format(
+                &path,
+                format!(
+                    "tokenizer has {} tokens but the model's vocabulary is {}",
+                    tokenizer.vocab_size(),
+                    config.vocab_size
+                ),
+            ));
+        }
+        let weights = Weights::load(&config, tensors.as_ref(), &path)?;
+        let chat_template = match chat_template {
+            Some(src) => {
+                let name = |id: Option<u32>| {
+                    id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or("").to_string()
+                };
+                let bos = name(config.bos_token_id);
+                let eos = name(config.eos_token_ids.first().copied());
+                Some(ChatTemplate::new(&src, &bos, &eos)?)
+            }
+            None => None,
+        };
+        let inv_freq = rope_inv_freq(&config);
+        Ok(Model {
+            config,
+            tokenizer,
+            chat_template,
+            generation,
+            weights,
+            inv_freq,
+            path,
+            format,
+            load_time: start.elapsed(),
+        })
+    }
+
+    /// Hyperparameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The tokenizer that came with the model.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The chat template, if the model has one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+
+    /// Sampling defaults suggested by the checkpoint.
+    pub fn generation_defaults(&self) -> &GenerationDefaults {
+        &self.generation
+    }
+
+    /// The weights, for inspection.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// Where the model was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The kind of file it was loaded from.
+    pub fn format(&self) -> SourceFormat {
+        self.format
+    }
+
+    /// Wall time `load` took.
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    /// A KV cache for this model holding up to `capacity` positions (capped
+    /// at the model's context length).
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(&self.config, capacity.min(self.config.max_seq_len))
+    }
+
+    /// Runs `tokens` through the model after the positions already in
+    /// `cache`, appends their keys and values to it, and returns logits:
+    /// `(vocab)` for [`Logits::Last`], `(n, vocab)` for [`Logits::All`].
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
+        let cfg = &self.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(Error::invalid("forward: no tokens"));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            return Err(Error::invalid(format!(
+                "token id {bad} is outside the vocabulary ({})",
+                cfg.vocab_size
+            )));
+        }
+        let pos0 = cache.len;
+        if pos0 + n > cache.capacity {
+            return Err(Error::invalid(format!(
+                "context full: {pos0} + {n} tokens exceed the context length {}",
+                cache.capacity
+            )));
+        }
+        let (dim, hidden, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
+        let w = &self.weights;
+
+        // x: (n, dim), the residual stream, starts as the token embeddings.
+        let emb = w.token_embedding.data();
+        let mut x = Vec::with_capacity(n * dim);
+        for &t in tokens {
+            x.extend_from_slice(&emb[t as usize * dim..(t as usize + 1) * dim]);
+        }
+
+        // RoPE tables for the new positions: cos, sin: (n, head_dim / 2).
+        let half = hd / 2;
+        let mut cos = vec![0.0f32; n * half];
+        let mut sin = vec![0.0f32; n * half];
+        for t in 0..n {
+            for (i, &f) in self.inv_freq.iter().enumerate() {
+                let angle = (pos0 + t) as f64 * f;
+                cos[t * half + i] = angle.cos() as f32;
+                sin[t * half + i] = angle.sin() as f32;
+            }
+        }
+
+        // Scratch buffers.
+        let mut xb = vec![0.0f32; n * dim]; // (n, dim) normed input
+        let mut q = vec![0.0f32; n * q_dim]; // (n, q_dim)
+        let mut kk = vec![0.0f32; n * kv_dim]; // (n, kv_dim)
+        let mut vv = vec![0.0f32; n * kv_dim]; // (n, kv_dim)
+        let mut att = vec![0.0f32; n * q_dim]; // (n, q_dim) attention output
+        let mut proj = vec![0.0f32; n * dim]; // (n, dim)
+        let mut gate = vec![0.0f32; n * hidden]; // (n, hidden)
+        let mut up = vec![0.0f32; n * hidden]; // (n, hidden)
+
+        for (l, lw) in w.layers.iter().enumerate() {
+            // Attention block: x += wo · attention(rope(wq · norm(x)), cache).
+            rmsnorm_rows(&mut xb, &x, lw.attn_norm.data(), cfg.rms_norm_eps, dim);
+            k::matmul(&mut q, &xb, lw.wq.data(), n, dim, q_dim);
+            k::matmul(&mut kk, &xb, lw.wk.data(), n, dim, kv_dim);
+            k::matmul(&mut vv, &xb, lw.wv.data(), n, dim, kv_dim);
+            for t in 0..n {
+                let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+                k::rope(&mut q[t * q_dim..(t + 1) * q_dim], hd, c, s);
+                k::rope(&mut kk[t * kv_dim..(t + 1) * kv_dim], hd, c, s);
+            }
+            cache.k[l].extend_from_slice(&kk);
+            cache.v[l].extend_from_slice(&vv);
+            attention(&mut att, &q, &cache.k[l], &cache.v[l], pos0, cfg);
+            k::matmul(&mut proj, &att, lw.wo.data(), n, q_dim, dim);
+            k::add_inplace(&mut x, &proj);
+
+            // MLP block: x += w_down · (silu(w_gate · norm(x)) * (w_up · norm(x))).
+            rmsnorm_rows(&mut xb, &x, lw.ffn_norm.data(), cfg.rms_norm_eps, dim);
+            k::matmul(&mut gate, &xb, lw.w_gate.data(), n, dim, hidden);
+            k::matmul(&mut up, &xb, lw.w_up.data(), n, dim, hidden);
+            k::silu_mul(&mut gate, &up);
+            k::matmul(&mut proj, &gate, lw.w_down.data(), n, hidden, dim);
+            k::add_inplace(&mut x, &proj);
+        }
+        cache.len += n;
+
+        // Output: logits = lm_head · norm(x), for the positions asked for.
+        let head = w.lm_head.as_ref().unwrap_or(&w.token_embedding).data();
+        let vocab = cfg.vocab_size;
+        let rows = match which {
+            Logits::Last => &x[(n - 1) * dim..],
+            Logits::All => &x[..],
+        };
+        let m = rows.len() / dim;
+        let mut normed = vec![0.0f32; m * dim];
+        rmsnorm_rows(&mut normed, rows, w.final_norm.data(), cfg.rms_norm_eps, dim);
+        let mut logits = vec![0.0f32; m * vocab];
+        k::matmul(&mut logits, &normed, head, m, dim, vocab);
+        Ok(logits)
+    }
+}
+
+/// RMSNorm of each `dim`-wide row of `x` into `out`.
+fn rmsnorm_rows(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32, dim: usize) {
+    for (o, r) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+        k::rmsnorm(o, r, weight, eps);
+    }
+}
+
+/// Causal grouped-query attention of the `n` new queries (positions
+/// `pos0..pos0 + n`) over every cached position up to their own.
+///
+/// out, q: (n, q_dim); k_cache, v_cache: (pos0 + n, kv_dim).
+fn attention(out: &mut [f32], q: &[f32], k_cache: &[f32], v_cache: &[f32], pos0: usize, cfg: &ModelConfig) {
+    let (hd, q_dim, kv_dim) = (cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
+    let group = cfg.n_heads / cfg.n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    // One task per (token, head): each owns one head_dim slice of `out`.
+    out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+        let (t, h) = (i / cfg.n_heads, i % cfg.n_heads);
+        let kvh = h / group;
+        let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+        let n_ctx = pos0 + t + 1;
+        let mut scores: Vec<f32> = (0..n_ctx)
+            .map(|p| k::dot(qh, &k_cache[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd]) * scale)
+            .collect();
+        k::softmax(&mut scores);
+        o.fill(0.0);
+        for (p, &a) in scores.iter().enumerate() {
+            let vh = &v_cache[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+            for (oi, &vi) in o.iter_mut().zip(vh) {
+                *oi += a * vi;
+            }
+        }
+    });
+}
+
+/// RoPE frequencies `1 / theta^(2i / head_dim)`, adjusted for scaling.
+fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f64> {
+    let hd = cfg.head_dim;
+    let base: Vec<f64> = (0..hd / 2)
+        .map(|i| 1.0 / (cfg.rope_theta as f64).powf((2 * i) as f64 / hd as f64))
+        .collect();
+    match &cfg.rope_scaling {
+        None => base,
+        Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / *factor as f64).collect(),
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => {
+            // Llama 3.1: long wavelengths slowed by `factor`, short ones kept,
+            // a smooth blend between.
+            let (factor, low, high) = (*factor as f64, *low_freq_factor as f64, *high_freq_factor as f64);
+            let old_ctx = *original_max_position_embeddings as f64;
+            let (low_wavelen, high_wavelen) = (old_ctx / low, old_ctx / high);
+            base.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (old_ctx / wavelen - low) / (high - low);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+        }
+    }
+}

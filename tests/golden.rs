@@ -1,0 +1,123 @@
+//! End to end against the independent reference in `fixtures/golden`: the
+//! same top-1 token at every position with a clear margin, the last-position
+//! distribution within KL 1e-4, and the greedy continuation, from the GGUF
+//! file and from the Hugging Face f32 folder made from it.
+
+mod common;
+
+use common::*;
+use microllm::{GenerateOptions, Logits, Model, Session};
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Arc;
+
+const CASES: [&str; 8] = [
+    "plain_english",
+    "code",
+    "digits",
+    "unicode_emoji",
+    "whitespace_runs",
+    "chatml_chat",
+    "long_paragraph",
+    "single_token",
+];
+
+/// Top-1 agreement is only required where the reference's top-2 are apart
+/// by more than this (below it, f32 rounding may legitimately swap them).
+const MARGIN: f64 = 1e-3;
+const MAX_KL: f64 = 1e-4;
+/// Logit tolerance the greedy check uses to pick `robust_prefix_len`.
+const GREEDY_TOL: &str = "0.01";
+
+fn golden_dir() -> std::path::PathBuf {
+    root().join("fixtures/golden/smollm2-135m-instruct")
+}
+
+fn case(name: &str) -> Value {
+    let p = golden_dir().join(format!("{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn check_model(model: Arc<Model>, label: &str) {
+    let mut worst_kl = 0.0f64;
+    let mut worst_diff = 0.0f64;
+    for name in CASES {
+        let c = case(name);
+        let tokens = ids(&c["token_ids"]);
+        assert_eq!(model.tokenizer().encode(c["text"].as_str().unwrap()), tokens, "{label} {name}: tokenizer");
+
+        // Every position at once.
+        let mut cache = model.new_cache(tokens.len());
+        let logits = model.forward(&tokens, &mut cache, Logits::All).unwrap();
+        let vocab = model.config().vocab_size;
+        let all = &c["all_positions"];
+        let want_argmax = ids(&all["argmax"]);
+        for (pos, &want) in want_argmax.iter().enumerate() {
+            let top5 = all["top5_logits"][pos].as_array().unwrap();
+            let margin = top5[0].as_f64().unwrap() - top5[1].as_f64().unwrap();
+            let got = argmax(&logits[pos * vocab..(pos + 1) * vocab]) as u32;
+            if margin > MARGIN {
+                assert_eq!(got, want, "{label} {name}: top-1 at position {pos} (margin {margin:.4})");
+            }
+        }
+
+        // The last position against the full reference logits.
+        let (shape, reference) = read_npy_f32(&golden_dir().join(format!("{name}.last_logits.npy")));
+        assert_eq!(shape, vec![vocab]);
+        let last = &logits[(tokens.len() - 1) * vocab..];
+        let kl = kl_divergence(&reference, last);
+        let diff = reference
+            .iter()
+            .zip(last)
+            .map(|(a, b)| (a - b).abs() as f64)
+            .fold(0.0, f64::max);
+        assert!(kl < MAX_KL, "{label} {name}: KL {kl:e} >= {MAX_KL:e}");
+        worst_kl = worst_kl.max(kl);
+        worst_diff = worst_diff.max(diff);
+
+        // Greedy continuation through the session API (KV cache, one token at a time).
+        let g = &c["greedy"];
+        let n_new = g["n_new"].as_u64().unwrap() as usize;
+        let robust = g["robust_prefix_len"][GREEDY_TOL].as_u64().unwrap() as usize;
+        let want_new = ids(&g["new_ids"]);
+        let mut session = Session::new(model.clone());
+        let opts = GenerateOptions {
+            max_tokens: n_new,
+            stop_at_eos: false,
+            ..Default::default()
+        };
+        let out = session
+            .generate_tokens(&tokens, &opts, |_| microllm::Control::Continue)
+            .unwrap();
+        assert_eq!(
+            &out.tokens[..robust],
+            &want_new[..robust],
+            "{label} {name}: greedy continuation (robust prefix {robust})"
+        );
+        println!(
+            "{label:>4} {name:<16} tokens {:>3}  KL {kl:.2e}  max|Δlogit| {diff:.2e}  greedy {}/{} (robust {robust})",
+            tokens.len(),
+            out.tokens.iter().zip(&want_new).take_while(|(a, b)| a == b).count(),
+            n_new
+        );
+    }
+    println!("{label}: worst KL {worst_kl:.2e}, worst max|Δlogit| {worst_diff:.2e}");
+}
+
+fn load(path: &Path) -> Arc<Model> {
+    Arc::new(Model::load(path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display())))
+}
+
+#[test]
+fn golden_from_gguf() {
+    check_model(load(&smollm2_gguf()), "gguf");
+}
+
+#[test]
+fn golden_from_hf_folder() {
+    check_model(load(&smollm2_hf()), "hf");
+}
