@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 AARCH64=aarch64-unknown-linux-gnu
-stage() { printf '\n==== %s\n' "$*"; }
+stage() { printf '\n==== [%4d s] %s\n' "$SECONDS" "$*"; }
 
 stage "fetch models (scripts/fetch-models.sh)"
 bash scripts/fetch-models.sh
