@@ -284,11 +284,7 @@ fn strftime(format: &str, unix_secs: i64) -> String {
     let days = unix_secs.div_euclid(86_400);
     let secs_of_day = unix_secs.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
-    let (hour, minute, second) = (
-        secs_of_day / 3600,
-        secs_of_day / 60 % 60,
-        secs_of_day % 60,
-    );
+    let (hour, minute, second) = (secs_of_day / 3600, secs_of_day / 60 % 60, secs_of_day % 60);
     // 1970-01-01 was a Thursday (index 3 with Monday = 0).
     let weekday = (days + 3).rem_euclid(7) as usize;
     let day_of_year = days - days_from_civil(year, 1, 1) + 1;
@@ -327,10 +323,7 @@ fn strftime(format: &str, unix_secs: i64) -> String {
             'w' => out.push_str(&((weekday + 1) % 7).to_string()),
             'F' => out.push_str(&format!("{year}-{month:02}-{day:02}")),
             'T' => out.push_str(&format!("{hour:02}:{minute:02}:{second:02}")),
-            'D' => out.push_str(&format!(
-                "{month:02}/{day:02}/{:02}",
-                year.rem_euclid(100)
-            )),
+            'D' => out.push_str(&format!("{month:02}/{day:02}/{:02}", year.rem_euclid(100))),
             '%' => out.push('%'),
             other => {
                 out.push('%');
@@ -654,7 +647,11 @@ mod tests {
         let out = render(
             "{{ bos_token }}{% for m in messages %}[{{ m.role }}:{{ m['content'] }}]{% endfor %}\
              {% if add_generation_prompt %}GEN{% endif %}{{ eos_token }}",
-            &[Message::system("s"), Message::user("u"), Message::assistant("a")],
+            &[
+                Message::system("s"),
+                Message::user("u"),
+                Message::assistant("a"),
+            ],
             true,
         )
         .unwrap();
@@ -673,7 +670,12 @@ mod tests {
 
     #[test]
     fn chat_no_html_escaping() {
-        let out = render("{{ messages[0].content }}", &[Message::user("<b>&'\"")], false).unwrap();
+        let out = render(
+            "{{ messages[0].content }}",
+            &[Message::user("<b>&'\"")],
+            false,
+        )
+        .unwrap();
         assert_eq!(out, "<b>&'\"");
     }
 
@@ -715,7 +717,10 @@ mod tests {
             false,
         )
         .unwrap();
-        assert_eq!(out, "role=user;content=x;{\"role\": \"user\", \"content\": \"x\"}");
+        assert_eq!(
+            out,
+            "role=user;content=x;{\"role\": \"user\", \"content\": \"x\"}"
+        );
     }
 
     #[test]
@@ -736,7 +741,10 @@ mod tests {
         .unwrap();
         assert_eq!(t.render(&[Message::user("x")], false).unwrap(), "ok");
         let err = t.render(&[Message::assistant("x")], false).unwrap_err();
-        assert_eq!(err.to_string(), "chat template: First message must be from the user");
+        assert_eq!(
+            err.to_string(),
+            "chat template: First message must be from the user"
+        );
         assert_eq!(template_msg(err), "First message must be from the user");
     }
 
@@ -830,7 +838,10 @@ mod tests {
         assert_eq!(strftime("trailing %", 0), "trailing %");
         // The template function itself renders today's date.
         let out = render("{{ strftime_now('%Y') }}", &[], false).unwrap();
-        assert!(out.len() == 4 && out.parse::<u32>().is_ok_and(|y| y >= 2024), "{out}");
+        assert!(
+            out.len() == 4 && out.parse::<u32>().is_ok_and(|y| y >= 2024),
+            "{out}"
+        );
     }
 
     #[test]

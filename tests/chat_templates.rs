@@ -52,9 +52,15 @@ fn check(name: &str) -> usize {
             }
             (None, Some(want)) => match got {
                 Err(Error::Template(msg)) => assert_eq!(&msg, want, "{name}/{}", case.name),
-                other => panic!("{name}/{}: expected template error, got {other:?}", case.name),
+                other => panic!(
+                    "{name}/{}: expected template error, got {other:?}",
+                    case.name
+                ),
             },
-            _ => panic!("{name}/{}: fixture needs exactly one of expected/error", case.name),
+            _ => panic!(
+                "{name}/{}: fixture needs exactly one of expected/error",
+                case.name
+            ),
         }
     }
     fx.cases.len()
