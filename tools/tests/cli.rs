@@ -1,0 +1,127 @@
+//! The `microllm` binary end to end on the real model.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn gguf() -> PathBuf {
+    let p = repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh first", p.display());
+    p
+}
+
+fn microllm(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_microllm")).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn golden(name: &str) -> serde_json::Value {
+    let p = repo().join(format!("fixtures/golden/smollm2-135m-instruct/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[test]
+fn tokenize_prints_hf_ids_as_json() {
+    let case = golden("chatml_chat");
+    let m = gguf();
+    let (ok, out, err) = microllm(&["tokenize", m.to_str().unwrap(), case["text"].as_str().unwrap()]);
+    assert!(ok, "{err}");
+    let ids: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(ids, case["token_ids"]);
+    assert_eq!(out.trim().lines().count(), 1);
+}
+
+#[test]
+fn run_greedy_streams_the_golden_continuation() {
+    let case = golden("plain_english");
+    let m = gguf();
+    let (ok, out, err) = microllm(&[
+        "run",
+        m.to_str().unwrap(),
+        "-p",
+        case["text"].as_str().unwrap(),
+        "-n",
+        "8",
+        "--ignore-eos",
+    ]);
+    assert!(ok, "{err}");
+    // The first greedy tokens of the reference continuation, as text.
+    let want: String = case["greedy"]["text"].as_str().unwrap().chars().take(18).collect();
+    assert!(out.starts_with(&want), "got {out:?}, want prefix {want:?}");
+}
+
+#[test]
+fn logits_writes_npy_with_the_reference_argmax() {
+    let case = golden("digits");
+    let m = gguf();
+    let dir = std::env::temp_dir().join(format!("microllm-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out_path = dir.join("logits.npy");
+    let ids: Vec<String> = case["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let (ok, _, err) = microllm(&[
+        "logits",
+        m.to_str().unwrap(),
+        "--tokens",
+        &ids.join(","),
+        "--out",
+        out_path.to_str().unwrap(),
+        "--all-positions",
+    ]);
+    assert!(ok, "{err}");
+    let bytes = std::fs::read(&out_path).unwrap();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert_eq!((10 + hlen) % 64, 0, "header must be padded to 64 bytes");
+    let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
+    let n = ids.len();
+    assert!(header.contains(&format!("'shape': ({n}, 49152)")), "{header}");
+    let vals: Vec<f32> = bytes[10 + hlen..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(vals.len(), n * 49152);
+    let last = &vals[(n - 1) * 49152..];
+    let argmax = (0..last.len()).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap();
+    assert_eq!(argmax as u64, case["last_position"]["argmax"].as_u64().unwrap());
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn inspect_lists_config_and_tensors() {
+    let m = gguf();
+    let (ok, out, err) = microllm(&["inspect", m.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("layers 30"), "{out}");
+    assert!(out.contains("heads 9 (kv 3)"), "{out}");
+    assert!(out.contains("model.layers.29.mlp.down_proj.weight"), "{out}");
+    assert!(out.contains("[576, 1536]"), "{out}");
+}
+
+#[test]
+fn bad_model_path_is_one_clear_error() {
+    let (ok, out, err) = microllm(&["run", "/nonexistent/model.gguf", "-p", "hi"]);
+    assert!(!ok);
+    assert!(out.is_empty());
+    assert!(err.starts_with("error: /nonexistent/model.gguf"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_options_are_rejected() {
+    let m = gguf();
+    let (ok, _, err) = microllm(&["run", m.to_str().unwrap(), "-p", "hi", "--top-p", "0"]);
+    assert!(!ok);
+    assert!(err.contains("top_p"), "{err}");
+}
