@@ -550,3 +550,27 @@ proptest! {
         exercise(&bytes);
     }
 }
+
+#[test]
+fn known_but_unsupported_types_parse_and_fail_on_use() {
+    // IQ2_XXS (id 16): 256 values in 66 bytes. Listed for tools, not dequantized.
+    let b = mini_llama().tensor(spec("blk.0.attn_v.bias", &[256], 16, vec![0; 66], None));
+    let bytes = b.build();
+    let file = GgufFile::from_bytes(&bytes, Path::new(NAME)).unwrap();
+    let info = file.header().tensor("blk.0.attn_v.bias").unwrap();
+    assert_eq!((info.ggml_type, info.size), (gguf::GgmlType::IQ2_XXS, 66));
+    check_err(
+        file.tensor_f32("blk.0.attn_v.bias").unwrap_err(),
+        &["blk.0.attn_v.bias", "IQ2_XXS is not supported"],
+    );
+    let c = gguf::llama_config(file.header()).unwrap();
+    let src = GgufTensors::new(file, &c).unwrap();
+    check_err(
+        src.load_f32("model.layers.0.self_attn.v_proj.bias")
+            .unwrap_err(),
+        &[
+            "model.layers.0.self_attn.v_proj.bias",
+            "IQ2_XXS is not supported",
+        ],
+    );
+}

@@ -445,6 +445,12 @@ impl TensorSource for GgufTensors {
             // Used in place (Tensor::mapped copies if the offset is unaligned).
             return Tensor::mapped(Arc::clone(self.file.map()), info.offset, shape, path);
         }
+        if !quants::is_supported(info.ggml_type) {
+            // Before allocating the output.
+            return Err(bad(
+                quants::QuantError::Unsupported(info.ggml_type).to_string()
+            ));
+        }
         let bytes = self.file.tensor_bytes(info)?;
         let mut values = vec![0.0f32; info.n_elements()];
         quants::dequantize(info.ggml_type, bytes, &mut values).map_err(|e| bad(e.to_string()))?;

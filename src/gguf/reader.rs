@@ -581,6 +581,16 @@ impl GgufFile {
             .header
             .tensor(name)
             .ok_or_else(|| Error::format(self.path(), format!("no tensor named '{name}'")))?;
+        if !quants::is_supported(info.ggml_type) {
+            return Err(Error::format(
+                self.path(),
+                format!(
+                    "tensor '{}': {}",
+                    info.name,
+                    quants::QuantError::Unsupported(info.ggml_type)
+                ),
+            ));
+        }
         let bytes = self.tensor_bytes(info)?;
         let mut out = vec![0.0f32; info.n_elements()];
         quants::dequantize(info.ggml_type, bytes, &mut out)
