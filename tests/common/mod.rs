@@ -77,3 +77,92 @@ pub fn argmax(v: &[f32]) -> usize {
     }
     best
 }
+
+/// Writes a safetensors file of f32 tensors.
+pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, shape, data) in tensors {
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "{name}");
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + data.len() * 4]}),
+        );
+        offset += data.len() * 4;
+    }
+    let mut h = serde_json::to_vec(&header).unwrap();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&h);
+    for (_, _, data) in tensors {
+        for v in data {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Deterministic values in [-scale, scale].
+pub fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// A tiny random Llama (2 layers, width 16, SmolLM2's tokenizer and chat
+/// template) as a Hugging Face folder in a fresh temp dir. `edit` may change
+/// the tensor list before it is written.
+pub fn tiny_llama_folder(tag: &str, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("microllm-tiny-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let real = smollm2_hf();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(real.join(f), dir.join(f)).unwrap();
+    }
+    let (vocab, dim, hidden, layers, heads, kv_heads, head_dim) = (49152, 16, 32, 2, 4, 2, 4);
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": dim, "intermediate_size": hidden, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": head_dim,
+        "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "tie_word_embeddings": true, "vocab_size": vocab, "bos_token_id": 1, "eos_token_id": 2,
+        "hidden_act": "silu"
+    });
+    std::fs::write(dir.join("config.json"), serde_json::to_string(&config).unwrap()).unwrap();
+    let mut t = vec![
+        ("model.embed_tokens.weight".to_string(), vec![vocab, dim], pseudo_random(vocab * dim, 1, 1.0)),
+        ("model.norm.weight".to_string(), vec![dim], vec![1.0; dim]),
+    ];
+    let (q, kv) = (heads * head_dim, kv_heads * head_dim);
+    for l in 0..layers {
+        let p = format!("model.layers.{l}.");
+        let s = 10 + l as u64 * 10;
+        for (name, shape) in [
+            ("input_layernorm.weight", vec![dim]),
+            ("post_attention_layernorm.weight", vec![dim]),
+            ("self_attn.q_proj.weight", vec![q, dim]),
+            ("self_attn.k_proj.weight", vec![kv, dim]),
+            ("self_attn.v_proj.weight", vec![kv, dim]),
+            ("self_attn.o_proj.weight", vec![dim, q]),
+            ("mlp.gate_proj.weight", vec![hidden, dim]),
+            ("mlp.up_proj.weight", vec![hidden, dim]),
+            ("mlp.down_proj.weight", vec![dim, hidden]),
+        ] {
+            let n = shape.iter().product();
+            let data = if shape.len() == 1 { vec![1.0; n] } else { pseudo_random(n, s + n as u64, 0.5) };
+            t.push((format!("{p}{name}"), shape, data));
+        }
+    }
+    edit(&mut t);
+    write_safetensors(&dir.join("model.safetensors"), &t);
+    dir
+}
