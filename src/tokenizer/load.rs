@@ -28,6 +28,15 @@ struct Spec {
 
 type Msg = String;
 
+/// A JSON value for an error message, cut short if long.
+fn shown(value: &impl std::fmt::Display) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(60) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
+}
+
 // ---------------------------------------------------------------------------
 // tokenizer.json
 
@@ -70,7 +79,8 @@ fn check_normalizer(normalizer: Option<&Value>) -> Result<(), Msg> {
             type_name(n)
         )),
         Some(other) => Err(format!(
-            "normalizer: expected an object or null, found {other}"
+            "normalizer: expected an object or null, found {}",
+            shown(other)
         )),
     }
 }
@@ -85,7 +95,8 @@ fn check_decoder(decoder: Option<&Value>) -> Result<(), Msg> {
             type_name(d)
         )),
         Some(other) => Err(format!(
-            "decoder: expected an object or null, found {other}"
+            "decoder: expected an object or null, found {}",
+            shown(other)
         )),
     }
 }
@@ -95,7 +106,8 @@ fn bool_field(obj: &Map<String, Value>, key: &str, default: bool, what: &str) ->
         None | Some(Value::Null) => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
         Some(other) => Err(format!(
-            "{what}.{key}: expected true or false, found {other}"
+            "{what}.{key}: expected true or false, found {}",
+            shown(other)
         )),
     }
 }
@@ -112,7 +124,7 @@ enum PreComponent {
 fn parse_pre_components(value: &Value, out: &mut Vec<PreComponent>) -> Result<(), Msg> {
     let obj = value
         .as_object()
-        .ok_or_else(|| format!("pre_tokenizer: expected an object, found {value}"))?;
+        .ok_or_else(|| format!("pre_tokenizer: expected an object, found {}", shown(value)))?;
     match type_name(obj) {
         "Sequence" => {
             let list = obj
@@ -217,7 +229,12 @@ fn parse_bpe_model(model: &Map<String, Value>) -> Result<Spec, Msg> {
     match model.get("type") {
         None => {}
         Some(Value::String(t)) if t == "BPE" => {}
-        Some(other) => return Err(format!("model type {other} is not supported (only BPE is)")),
+        Some(other) => {
+            return Err(format!(
+                "model type {} is not supported (only BPE is)",
+                shown(other)
+            ))
+        }
     }
     let vocab = model
         .get("vocab")
@@ -229,7 +246,8 @@ fn parse_bpe_model(model: &Map<String, Value>) -> Result<Spec, Msg> {
             |(token, id)| match id.as_u64().and_then(|id| u32::try_from(id).ok()) {
                 Some(id) => Ok((token.clone(), id)),
                 None => Err(format!(
-                    "model.vocab: id of {token:?} is not a token id: {id}"
+                    "model.vocab: id of {token:?} is not a token id: {}",
+                    shown(id)
                 )),
             },
         )
@@ -248,7 +266,8 @@ fn parse_bpe_model(model: &Map<String, Value>) -> Result<Spec, Msg> {
         Some(d) if d.as_f64() == Some(0.0) => {}
         Some(d) => {
             return Err(format!(
-                "model.dropout {d} is not supported (it makes tokenization random)"
+                "model.dropout {} is not supported (it makes tokenization random)",
+                shown(d)
             ))
         }
     }
@@ -258,7 +277,8 @@ fn parse_bpe_model(model: &Map<String, Value>) -> Result<Spec, Msg> {
             Some(Value::String(s)) if s.is_empty() => {}
             Some(other) => {
                 return Err(format!(
-                    "model.{key} {other} is not supported by byte-level BPE"
+                    "model.{key} {} is not supported by byte-level BPE",
+                    shown(other)
                 ))
             }
         }
@@ -268,7 +288,8 @@ fn parse_bpe_model(model: &Map<String, Value>) -> Result<Spec, Msg> {
         Some(Value::String(s)) => Some(s.clone()),
         Some(other) => {
             return Err(format!(
-                "model.unk_token: expected a string or null, found {other}"
+                "model.unk_token: expected a string or null, found {}",
+                shown(other)
             ))
         }
     };
@@ -285,8 +306,12 @@ fn parse_bpe_model(model: &Map<String, Value>) -> Result<Spec, Msg> {
 
 /// A merge as `"a b"` or `["a", "b"]`.
 fn parse_merge(index: usize, merge: &Value) -> Result<(String, String), Msg> {
-    let bad =
-        || format!("model.merges[{index}]: expected \"a b\" or [\"a\", \"b\"], found {merge}");
+    let bad = || {
+        format!(
+            "model.merges[{index}]: expected \"a b\" or [\"a\", \"b\"], found {}",
+            shown(merge)
+        )
+    };
     match merge {
         Value::String(s) => split_merge(s).ok_or_else(bad),
         Value::Array(pair) => match pair.as_slice() {
@@ -310,7 +335,12 @@ fn parse_added_tokens(value: Option<&Value>) -> Result<Vec<AddedToken>, Msg> {
     let list = match value {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(list)) => list,
-        Some(other) => return Err(format!("added_tokens: expected a list, found {other}")),
+        Some(other) => {
+            return Err(format!(
+                "added_tokens: expected a list, found {}",
+                shown(other)
+            ))
+        }
     };
     list.iter()
         .enumerate()
@@ -318,7 +348,7 @@ fn parse_added_tokens(value: Option<&Value>) -> Result<Vec<AddedToken>, Msg> {
             let what = format!("added_tokens[{i}]");
             let obj = item
                 .as_object()
-                .ok_or_else(|| format!("{what}: expected an object, found {item}"))?;
+                .ok_or_else(|| format!("{what}: expected an object, found {}", shown(item)))?;
             let id = obj
                 .get("id")
                 .and_then(Value::as_u64)
@@ -416,7 +446,10 @@ pub(super) fn from_gguf(parts: TokenizerParts) -> Result<Inner, Msg> {
             }
         };
         let content = tokens.get(id).map(String::as_str).unwrap_or_default();
-        added.push(AddedToken::plain(id as u32, content, special));
+        // The reference skips empty added tokens; the id stays a plain token.
+        if !content.is_empty() {
+            added.push(AddedToken::plain(id as u32, content, special));
+        }
     }
     let vocab = tokens
         .into_iter()
