@@ -121,7 +121,6 @@ fn every_tensor_equals_the_f32_checkpoint_bit_for_bit() {
 }
 
 #[test]
-#[ignore = "needs tokenizer: Tokenizer::from_gguf_parts is still a placeholder"]
 fn load_the_real_model() {
     let path = model_file(GGUF);
     let parts = microllm::source::open(&path).unwrap();

@@ -214,7 +214,6 @@ fn from_bytes_matches_open() {
 }
 
 #[test]
-#[ignore = "needs tokenizer: Tokenizer::from_gguf_parts is still a placeholder"]
 fn load_builds_model_parts() {
     let path = repo_path("fixtures/gguf/tiny-llama.gguf");
     let parts = gguf::load(&path).unwrap();

@@ -170,7 +170,6 @@ fn embedding_matches_raw_file_bytes() {
 }
 
 #[test]
-#[ignore = "needs tokenizer: Tokenizer::from_json_file is still a placeholder"]
 fn load_real_folder() {
     let dir = model_dir();
     let parts = hf::load(&dir).unwrap();

@@ -336,25 +336,3 @@ mod tests {
         assert!(Tokenizer::from_gguf_parts(types, Path::new("m.gguf")).is_err());
     }
 }
-
-/// Streaming decoder placeholder.
-#[derive(Debug, Default)]
-pub struct StreamDecoder {
-    pending: Vec<u8>,
-}
-
-impl StreamDecoder {
-    /// A decoder with nothing pending.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Adds a token; returns complete text.
-    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> String {
-        self.pending.extend_from_slice(tok.token_bytes(id).unwrap_or(&[]));
-        String::new()
-    }
-    /// Flushes.
-    pub fn finish(&mut self) -> String {
-        String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned()
-    }
-}
