@@ -8,8 +8,12 @@ use std::sync::Arc;
 
 fn main() -> microllm::Result<()> {
     let mut args = std::env::args().skip(1);
-    let path = args.next().unwrap_or_else(|| "models/SmolLM2-135M-Instruct.Q4_1.gguf".into());
-    let question = args.next().unwrap_or_else(|| "What is the capital of France?".into());
+    let path = args
+        .next()
+        .unwrap_or_else(|| "models/SmolLM2-135M-Instruct.Q4_1.gguf".into());
+    let question = args
+        .next()
+        .unwrap_or_else(|| "What is the capital of France?".into());
 
     // One model, shared by any number of sessions.
     let model = Arc::new(Model::load(&path)?);

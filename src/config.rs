@@ -7,12 +7,19 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
     /// Positions divided by `factor`.
-    Linear { factor: f32 },
+    Linear {
+        /// Positions are divided by this.
+        factor: f32,
+    },
     /// Llama 3.x's frequency-dependent scaling.
     Llama3 {
+        /// How much longer the context is than the original.
         factor: f32,
+        /// Wavelengths longer than `original / low_freq_factor` are scaled fully.
         low_freq_factor: f32,
+        /// Wavelengths shorter than `original / high_freq_factor` are kept.
         high_freq_factor: f32,
+        /// The context length the model was first trained for.
         original_max_position_embeddings: usize,
     },
 }
@@ -22,23 +29,31 @@ pub enum RopeScaling {
 pub struct ModelConfig {
     /// Architecture name as the source spells it, lower case ("llama").
     pub architecture: String,
+    /// Number of token ids.
     pub vocab_size: usize,
     /// Model width (`dim`).
     pub hidden_size: usize,
     /// Width of the MLP's hidden layer.
     pub intermediate_size: usize,
+    /// Transformer blocks.
     pub n_layers: usize,
+    /// Query heads.
     pub n_heads: usize,
     /// Key/value heads (grouped-query attention when < n_heads).
     pub n_kv_heads: usize,
+    /// Width of one attention head.
     pub head_dim: usize,
     /// Longest context the model was trained for.
     pub max_seq_len: usize,
+    /// Added to the mean square in RMSNorm.
     pub rms_norm_eps: f32,
+    /// RoPE base frequency.
     pub rope_theta: f32,
+    /// RoPE scaling for longer contexts, if any.
     pub rope_scaling: Option<RopeScaling>,
     /// Output head shares the token embedding matrix.
     pub tie_word_embeddings: bool,
+    /// Beginning-of-sequence token, if the model has one.
     pub bos_token_id: Option<u32>,
     /// Generation stops at any of these.
     pub eos_token_ids: Vec<u32>,

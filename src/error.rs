@@ -9,14 +9,21 @@ pub enum Error {
     /// The operating system refused a read, open or map.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file or folder.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
     /// A file exists but its contents are wrong: truncated, corrupted, an
     /// unknown dtype or architecture, a tensor of the wrong shape.
     #[error("{}: {msg}", path.display())]
-    Format { path: PathBuf, msg: String },
+    Format {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
     /// The caller asked for something invalid (bad option, token id out of
     /// range, context full).
     #[error("{0}")]

@@ -15,6 +15,8 @@
 //! # Ok::<(), microllm::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod chat;
 pub mod config;
 pub mod error;

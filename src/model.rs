@@ -70,7 +70,10 @@ impl Weights {
             if t.shape() != shape {
                 return Err(Error::format(
                     path,
-                    format!("tensor '{name}' loaded with shape {:?}, expected {shape:?}", t.shape()),
+                    format!(
+                        "tensor '{name}' loaded with shape {:?}, expected {shape:?}",
+                        t.shape()
+                    ),
                 ));
             }
             Ok(t)
@@ -239,7 +242,9 @@ impl Model {
         let chat_template = match chat_template {
             Some(src) => {
                 let name = |id: Option<u32>| {
-                    id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or("").to_string()
+                    id.and_then(|i| tokenizer.id_to_token(i))
+                        .unwrap_or("")
+                        .to_string()
                 };
                 let bos = name(config.bos_token_id);
                 let eos = name(config.eos_token_ids.first().copied());
@@ -369,7 +374,10 @@ impl Model {
             k::matmul(&mut kk, &xb, lw.wk.data(), n, dim, kv_dim);
             k::matmul(&mut vv, &xb, lw.wv.data(), n, dim, kv_dim);
             for t in 0..n {
-                let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+                let (c, s) = (
+                    &cos[t * half..(t + 1) * half],
+                    &sin[t * half..(t + 1) * half],
+                );
                 k::rope(&mut q[t * q_dim..(t + 1) * q_dim], hd, c, s);
                 k::rope(&mut kk[t * kv_dim..(t + 1) * kv_dim], hd, c, s);
             }
@@ -398,7 +406,13 @@ impl Model {
         };
         let m = rows.len() / dim;
         let mut normed = vec![0.0f32; m * dim];
-        rmsnorm_rows(&mut normed, rows, w.final_norm.data(), cfg.rms_norm_eps, dim);
+        rmsnorm_rows(
+            &mut normed,
+            rows,
+            w.final_norm.data(),
+            cfg.rms_norm_eps,
+            dim,
+        );
         let mut logits = vec![0.0f32; m * vocab];
         k::matmul(&mut logits, &normed, head, m, dim, vocab);
         Ok(logits)
@@ -416,7 +430,14 @@ fn rmsnorm_rows(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32, dim: usize
 /// `pos0..pos0 + n`) over every cached position up to their own.
 ///
 /// out, q: (n, q_dim); k_cache, v_cache: (pos0 + n, kv_dim).
-fn attention(out: &mut [f32], q: &[f32], k_cache: &[f32], v_cache: &[f32], pos0: usize, cfg: &ModelConfig) {
+fn attention(
+    out: &mut [f32],
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    pos0: usize,
+    cfg: &ModelConfig,
+) {
     let (hd, q_dim, kv_dim) = (cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
     let group = cfg.n_heads / cfg.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -427,7 +448,12 @@ fn attention(out: &mut [f32], q: &[f32], k_cache: &[f32], v_cache: &[f32], pos0:
         let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
         let n_ctx = pos0 + t + 1;
         let mut scores: Vec<f32> = (0..n_ctx)
-            .map(|p| k::dot(qh, &k_cache[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd]) * scale)
+            .map(|p| {
+                k::dot(
+                    qh,
+                    &k_cache[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd],
+                ) * scale
+            })
             .collect();
         k::softmax(&mut scores);
         o.fill(0.0);
@@ -457,7 +483,11 @@ fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f64> {
         }) => {
             // Llama 3.1: long wavelengths slowed by `factor`, short ones kept,
             // a smooth blend between.
-            let (factor, low, high) = (*factor as f64, *low_freq_factor as f64, *high_freq_factor as f64);
+            let (factor, low, high) = (
+                *factor as f64,
+                *low_freq_factor as f64,
+                *high_freq_factor as f64,
+            );
             let old_ctx = *original_max_position_embeddings as f64;
             let (low_wavelen, high_wavelen) = (old_ctx / low, old_ctx / high);
             base.iter()

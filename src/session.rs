@@ -207,7 +207,12 @@ impl Session {
         if tokens.is_empty() {
             return Err(Error::invalid("set_tokens: no tokens"));
         }
-        let shared = self.tokens.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+        let shared = self
+            .tokens
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
         // The last token is always recomputed: its logits are what we need.
         let keep = shared.min(tokens.len() - 1).min(self.cache.len());
         self.cache.truncate(keep);
@@ -273,7 +278,7 @@ impl Session {
         mut on_token: impl FnMut(&TokenEvent) -> Control,
     ) -> Result<Generation> {
         let prefill_time = start.elapsed();
-        let mut sampler = Sampler::new(opts.sampler.clone())?;
+        let mut sampler = Sampler::new(opts.sampler)?;
         let eos = self.model.config().eos_token_ids.clone();
         let mut decoder = StreamDecoder::new();
         let mut stops = StopMatcher::new(&opts.stop_strings);
@@ -283,7 +288,11 @@ impl Session {
         let mut finish = FinishReason::MaxTokens;
 
         for i in 0..opts.max_tokens {
-            if opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            if opts
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
+            {
                 finish = FinishReason::Cancelled;
                 break;
             }
@@ -293,7 +302,10 @@ impl Session {
             } else {
                 self.feed()?;
             }
-            let logits = self.last_logits.as_deref().ok_or_else(|| Error::invalid("no logits"))?;
+            let logits = self
+                .last_logits
+                .as_deref()
+                .ok_or_else(|| Error::invalid("no logits"))?;
             let id = sampler.sample(logits, &self.tokens);
             if i == 0 {
                 time_to_first_token = start.elapsed();
@@ -315,12 +327,19 @@ impl Session {
             if hit {
                 // Text before the stop string is still the model's answer.
                 if !text.is_empty() {
-                    on_token(&TokenEvent { token: id, text: &text });
+                    on_token(&TokenEvent {
+                        token: id,
+                        text: &text,
+                    });
                 }
                 finish = FinishReason::StopString;
                 break;
             }
-            if on_token(&TokenEvent { token: id, text: &text }) == Control::Stop {
+            if on_token(&TokenEvent {
+                token: id,
+                text: &text,
+            }) == Control::Stop
+            {
                 finish = FinishReason::Cancelled;
                 break;
             }
@@ -419,7 +438,12 @@ fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
     let max = stop.len().saturating_sub(1).min(text.len());
     (1..=max)
         .rev()
-        .find(|&k| text.is_char_boundary(text.len() - k) && stop.as_bytes().starts_with(&text.as_bytes()[text.len() - k..]))
+        .find(|&k| {
+            text.is_char_boundary(text.len() - k)
+                && stop
+                    .as_bytes()
+                    .starts_with(&text.as_bytes()[text.len() - k..])
+        })
         .unwrap_or(0)
 }
 

@@ -36,22 +36,31 @@ pub trait TensorSource: Send + Sync {
 /// Sampling defaults a checkpoint may suggest (`generation_config.json`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GenerationDefaults {
+    /// Suggested temperature.
     pub temperature: Option<f32>,
+    /// Suggested top-k.
     pub top_k: Option<usize>,
+    /// Suggested top-p.
     pub top_p: Option<f32>,
+    /// Suggested repetition penalty.
     pub repetition_penalty: Option<f32>,
 }
 
 /// Everything read from a model source, ready for [`crate::Model`].
 pub struct ModelParts {
+    /// Hyperparameters.
     pub config: ModelConfig,
+    /// The tokenizer.
     pub tokenizer: Tokenizer,
     /// Jinja chat template, if the source has one.
     pub chat_template: Option<String>,
+    /// Sampling defaults the source suggests.
     pub generation: GenerationDefaults,
+    /// The weights.
     pub tensors: Box<dyn TensorSource>,
     /// The file or folder it came from.
     pub path: PathBuf,
+    /// The kind of source.
     pub format: SourceFormat,
 }
 

@@ -39,7 +39,11 @@ fn case(name: &str) -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn check_model(model: Arc<Model>, label: &str) {
@@ -48,7 +52,11 @@ fn check_model(model: Arc<Model>, label: &str) {
     for name in CASES {
         let c = case(name);
         let tokens = ids(&c["token_ids"]);
-        assert_eq!(model.tokenizer().encode(c["text"].as_str().unwrap()), tokens, "{label} {name}: tokenizer");
+        assert_eq!(
+            model.tokenizer().encode(c["text"].as_str().unwrap()),
+            tokens,
+            "{label} {name}: tokenizer"
+        );
 
         // Every position at once.
         let mut cache = model.new_cache(tokens.len());
@@ -61,12 +69,16 @@ fn check_model(model: Arc<Model>, label: &str) {
             let margin = top5[0].as_f64().unwrap() - top5[1].as_f64().unwrap();
             let got = argmax(&logits[pos * vocab..(pos + 1) * vocab]) as u32;
             if margin > MARGIN {
-                assert_eq!(got, want, "{label} {name}: top-1 at position {pos} (margin {margin:.4})");
+                assert_eq!(
+                    got, want,
+                    "{label} {name}: top-1 at position {pos} (margin {margin:.4})"
+                );
             }
         }
 
         // The last position against the full reference logits.
-        let (shape, reference) = read_npy_f32(&golden_dir().join(format!("{name}.last_logits.npy")));
+        let (shape, reference) =
+            read_npy_f32(&golden_dir().join(format!("{name}.last_logits.npy")));
         assert_eq!(shape, vec![vocab]);
         let last = &logits[(tokens.len() - 1) * vocab..];
         let kl = kl_divergence(&reference, last);

@@ -17,7 +17,10 @@ fn tiny(tag: &str) -> Arc<Model> {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -48,7 +51,10 @@ fn set_tokens_reuses_prefix_and_matches_fresh_run() {
     let b = [10u32, 20, 30, 99, 98, 97];
     s.set_tokens(&a).unwrap();
     let (logits, computed) = s.set_tokens(&b).unwrap();
-    assert_eq!(computed, 3, "only the tokens after the shared prefix are computed");
+    assert_eq!(
+        computed, 3,
+        "only the tokens after the shared prefix are computed"
+    );
     let reused = logits.to_vec();
     let mut fresh = Session::new(m);
     let (want, computed) = fresh.set_tokens(&b).unwrap();
@@ -60,7 +66,11 @@ fn set_tokens_reuses_prefix_and_matches_fresh_run() {
     assert_eq!(computed, 1);
 }
 
-fn collect(s: &mut Session, prompt: &str, opts: &GenerateOptions) -> (microllm::Generation, String) {
+fn collect(
+    s: &mut Session,
+    prompt: &str,
+    opts: &GenerateOptions,
+) -> (microllm::Generation, String) {
     let mut streamed = String::new();
     let g = s
         .generate(prompt, opts, |ev| {
@@ -88,9 +98,23 @@ fn max_tokens_and_streamed_text_equal_final_text() {
     // Context: prompt + generated (the last one fed lazily but counted).
     assert_eq!(s.tokens().len(), g.prompt_tokens + 12);
     // Continuing from the context equals generating it all in one go.
-    let (g2, _) = collect(&mut s, "", &GenerateOptions { max_tokens: 4, ..opts.clone() });
+    let (g2, _) = collect(
+        &mut s,
+        "",
+        &GenerateOptions {
+            max_tokens: 4,
+            ..opts.clone()
+        },
+    );
     let mut one = Session::new(m);
-    let (whole, _) = collect(&mut one, "Hello there", &GenerateOptions { max_tokens: 16, ..opts });
+    let (whole, _) = collect(
+        &mut one,
+        "Hello there",
+        &GenerateOptions {
+            max_tokens: 16,
+            ..opts
+        },
+    );
     assert_eq!([g.tokens, g2.tokens].concat(), whole.tokens);
 }
 
@@ -105,7 +129,11 @@ fn stop_string_cuts_the_text_before_it() {
     let (full, _) = collect(&mut Session::new(m.clone()), "Once", &base);
     // Choose a stop string from the middle of the unconstrained output.
     let chars: Vec<char> = full.text.chars().collect();
-    assert!(chars.len() > 6, "tiny model produced too little text: {:?}", full.text);
+    assert!(
+        chars.len() > 6,
+        "tiny model produced too little text: {:?}",
+        full.text
+    );
     let start = chars.len() / 2;
     let stop: String = chars[start..start + 2].iter().collect();
     let want_end = full.text.find(&stop).unwrap();
@@ -114,7 +142,12 @@ fn stop_string_cuts_the_text_before_it() {
         ..base
     };
     let (g, streamed) = collect(&mut Session::new(m), "Once", &opts);
-    assert_eq!(g.finish, FinishReason::StopString, "stop {stop:?} in {:?}", full.text);
+    assert_eq!(
+        g.finish,
+        FinishReason::StopString,
+        "stop {stop:?} in {:?}",
+        full.text
+    );
     assert_eq!(g.text, &full.text[..want_end]);
     assert_eq!(streamed, g.text);
 }
@@ -171,7 +204,9 @@ fn full_context_ends_generation_and_rejects_long_prompts() {
         stop_at_eos: false,
         ..Default::default()
     };
-    let g = s.generate_tokens(&prompt, &opts, |_| Control::Continue).unwrap();
+    let g = s
+        .generate_tokens(&prompt, &opts, |_| Control::Continue)
+        .unwrap();
     assert_eq!(g.finish, FinishReason::ContextFull);
     assert_eq!(s.tokens().len(), 10);
     assert_eq!(g.tokens.len(), 7, "6 fill the context, the 7th has no room");
@@ -194,7 +229,11 @@ fn seeded_sampling_is_reproducible() {
         },
         ..Default::default()
     };
-    let run = |seed| collect(&mut Session::new(m.clone()), "Seed", &opts(seed)).0.tokens;
+    let run = |seed| {
+        collect(&mut Session::new(m.clone()), "Seed", &opts(seed))
+            .0
+            .tokens
+    };
     assert_eq!(run(7), run(7));
     assert_ne!(run(7), run(8));
 }
@@ -228,17 +267,28 @@ fn out_of_range_token_is_an_error() {
 #[test]
 fn wrong_shape_and_missing_tensor_name_the_file_and_tensor() {
     let dir = tiny_llama_folder("shape", |t| {
-        let q = t.iter_mut().find(|x| x.0 == "model.layers.1.self_attn.q_proj.weight").unwrap();
+        let q = t
+            .iter_mut()
+            .find(|x| x.0 == "model.layers.1.self_attn.q_proj.weight")
+            .unwrap();
         q.1 = vec![8, 32];
     });
     let err = Model::load(&dir).unwrap_err().to_string();
-    assert!(err.contains("model.layers.1.self_attn.q_proj.weight"), "{err}");
+    assert!(
+        err.contains("model.layers.1.self_attn.q_proj.weight"),
+        "{err}"
+    );
     assert!(err.contains("[8, 32]") && err.contains("[16, 16]"), "{err}");
     assert!(err.contains(dir.to_str().unwrap()), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 
-    let dir = tiny_llama_folder("missing", |t| t.retain(|x| x.0 != "model.layers.0.mlp.up_proj.weight"));
+    let dir = tiny_llama_folder("missing", |t| {
+        t.retain(|x| x.0 != "model.layers.0.mlp.up_proj.weight")
+    });
     let err = Model::load(&dir).unwrap_err().to_string();
-    assert!(err.contains("missing tensor 'model.layers.0.mlp.up_proj.weight'"), "{err}");
+    assert!(
+        err.contains("missing tensor 'model.layers.0.mlp.up_proj.weight'"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -75,7 +75,10 @@ pub fn matmul(out: &mut [f32], x: &[f32], w: &[f32], n: usize, cols: usize, rows
 /// RMSNorm of one vector: `out = x / sqrt(mean(x²) + eps) * weight`.
 /// The mean of squares is summed in f64 so that the norm is exact to f32.
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
-    assert!(out.len() == x.len() && x.len() == weight.len(), "rmsnorm: length mismatch");
+    assert!(
+        out.len() == x.len() && x.len() == weight.len(),
+        "rmsnorm: length mismatch"
+    );
     let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
     let inv = 1.0 / ((ss / x.len() as f64) + eps as f64).sqrt();
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(weight) {
@@ -175,8 +178,12 @@ mod tests {
             matmul(&mut out, &x, &w, n, cols, rows);
             for t in 0..n {
                 for r in 0..rows {
-                    let want = naive_dot(&w[r * cols..(r + 1) * cols], &x[t * cols..(t + 1) * cols]);
-                    assert!((out[t * rows + r] as f64 - want).abs() < 1e-5, "t={t} r={r}");
+                    let want =
+                        naive_dot(&w[r * cols..(r + 1) * cols], &x[t * cols..(t + 1) * cols]);
+                    assert!(
+                        (out[t * rows + r] as f64 - want).abs() < 1e-5,
+                        "t={t} r={r}"
+                    );
                 }
             }
         }

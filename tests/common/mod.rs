@@ -33,14 +33,32 @@ pub fn smollm2_hf() -> PathBuf {
 /// Reads a little-endian float32 .npy file: (shape, values).
 pub fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&bytes[..6], b"\x93NUMPY", "{}: not a .npy file", path.display());
+    assert_eq!(
+        &bytes[..6],
+        b"\x93NUMPY",
+        "{}: not a .npy file",
+        path.display()
+    );
     let (hlen, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        _ => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
     };
     let header = std::str::from_utf8(&bytes[start..start + hlen]).unwrap();
-    assert!(header.contains("'<f4'"), "{}: not float32: {header}", path.display());
-    let shape_str = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    assert!(
+        header.contains("'<f4'"),
+        "{}: not float32: {header}",
+        path.display()
+    );
+    let shape_str = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
     let shape = shape_str
         .split(',')
         .map(str::trim)
@@ -57,7 +75,12 @@ pub fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
 /// log-softmax in f64.
 pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max + logits.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+    let lse = max
+        + logits
+            .iter()
+            .map(|&v| (v as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
     logits.iter().map(|&v| v as f64 - lse).collect()
 }
 
@@ -120,7 +143,10 @@ pub fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 /// A tiny random Llama (2 layers, width 16, SmolLM2's tokenizer and chat
 /// template) as a Hugging Face folder in a fresh temp dir. `edit` may change
 /// the tensor list before it is written.
-pub fn tiny_llama_folder(tag: &str, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) -> PathBuf {
+pub fn tiny_llama_folder(
+    tag: &str,
+    edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>),
+) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("microllm-tiny-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -137,9 +163,17 @@ pub fn tiny_llama_folder(tag: &str, edit: impl FnOnce(&mut Vec<(String, Vec<usiz
         "tie_word_embeddings": true, "vocab_size": vocab, "bos_token_id": 1, "eos_token_id": 2,
         "hidden_act": "silu"
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_string(&config).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string(&config).unwrap(),
+    )
+    .unwrap();
     let mut t = vec![
-        ("model.embed_tokens.weight".to_string(), vec![vocab, dim], pseudo_random(vocab * dim, 1, 1.0)),
+        (
+            "model.embed_tokens.weight".to_string(),
+            vec![vocab, dim],
+            pseudo_random(vocab * dim, 1, 1.0),
+        ),
         ("model.norm.weight".to_string(), vec![dim], vec![1.0; dim]),
     ];
     let (q, kv) = (heads * head_dim, kv_heads * head_dim);
@@ -158,7 +192,11 @@ pub fn tiny_llama_folder(tag: &str, edit: impl FnOnce(&mut Vec<(String, Vec<usiz
             ("mlp.down_proj.weight", vec![dim, hidden]),
         ] {
             let n = shape.iter().product();
-            let data = if shape.len() == 1 { vec![1.0; n] } else { pseudo_random(n, s + n as u64, 0.5) };
+            let data = if shape.len() == 1 {
+                vec![1.0; n]
+            } else {
+                pseudo_random(n, s + n as u64, 0.5)
+            };
             t.push((format!("{p}{name}"), shape, data));
         }
     }

@@ -10,7 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "microllm", version, about = "A pure-Rust inference engine for small language models")]
+#[command(
+    name = "microllm",
+    version,
+    about = "A pure-Rust inference engine for small language models"
+)]
 struct Cli {
     /// Worker threads (default: one per core).
     #[arg(long, short = 't', global = true)]
@@ -167,7 +171,10 @@ fn run_cli(cli: Cli) -> Result<()> {
         if n == 0 {
             bail!("--threads must be at least 1");
         }
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("setting up threads")?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("setting up threads")?;
     }
     match cli.command {
         Command::Run(a) => cmd_run(a),
@@ -175,7 +182,10 @@ fn run_cli(cli: Cli) -> Result<()> {
         Command::Logits(a) => cmd_logits(a),
         Command::Tokenize { model, text } => {
             let model = Model::load(&model)?;
-            println!("{}", serde_json::to_string(&model.tokenizer().encode(&text))?);
+            println!(
+                "{}",
+                serde_json::to_string(&model.tokenizer().encode(&text))?
+            );
             Ok(())
         }
         Command::Inspect { model } => cmd_inspect(&model),
@@ -194,7 +204,11 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let mut print = |ev: &microllm::TokenEvent| {
         // A closed stdout (e.g. piped into `head`) ends generation quietly.
-        if out.write_all(ev.text.as_bytes()).and_then(|_| out.flush()).is_err() {
+        if out
+            .write_all(ev.text.as_bytes())
+            .and_then(|_| out.flush())
+            .is_err()
+        {
             return Control::Stop;
         }
         Control::Continue
@@ -280,19 +294,37 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
         bail!("the prompt has no tokens");
     }
     let mut cache = model.new_cache(ids.len());
-    let which = if a.all_positions { Logits::All } else { Logits::Last };
+    let which = if a.all_positions {
+        Logits::All
+    } else {
+        Logits::Last
+    };
     let logits = model.forward(&ids, &mut cache, which)?;
     let vocab = model.config().vocab_size;
-    let shape = if a.all_positions { vec![ids.len(), vocab] } else { vec![vocab] };
-    write_npy_f32(&a.out, &shape, &logits).with_context(|| format!("writing {}", a.out.display()))?;
-    eprintln!("wrote {} ({:?} float32, {} tokens)", a.out.display(), shape, ids.len());
+    let shape = if a.all_positions {
+        vec![ids.len(), vocab]
+    } else {
+        vec![vocab]
+    };
+    write_npy_f32(&a.out, &shape, &logits)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    eprintln!(
+        "wrote {} ({:?} float32, {} tokens)",
+        a.out.display(),
+        shape,
+        ids.len()
+    );
     Ok(())
 }
 
 /// Writes a little-endian float32 array in NumPy's .npy format (version 1.0).
 fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_str = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let shape_str = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_str}, }}");
     // Magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
     let unpadded = 10 + header.len() + 1;
@@ -327,7 +359,14 @@ fn cmd_inspect(path: &Path) -> Result<()> {
     }
     println!("bos {:?}  eos {:?}", c.bos_token_id, c.eos_token_ids);
     println!("tokenizer: {} tokens", parts.tokenizer.vocab_size());
-    println!("chat template: {}", if parts.chat_template.is_some() { "yes" } else { "no" });
+    println!(
+        "chat template: {}",
+        if parts.chat_template.is_some() {
+            "yes"
+        } else {
+            "no"
+        }
+    );
     let mut names = parts.tensors.names();
     names.sort_by_key(|n| natural_key(n));
     let mut total = 0usize;

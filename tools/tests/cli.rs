@@ -9,12 +9,19 @@ fn repo() -> PathBuf {
 
 fn gguf() -> PathBuf {
     let p = repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-models.sh first",
+        p.display()
+    );
     p
 }
 
 fn microllm(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_microllm")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_microllm"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.success(),
         String::from_utf8(out.stdout).unwrap(),
@@ -31,7 +38,11 @@ fn golden(name: &str) -> serde_json::Value {
 fn tokenize_prints_hf_ids_as_json() {
     let case = golden("chatml_chat");
     let m = gguf();
-    let (ok, out, err) = microllm(&["tokenize", m.to_str().unwrap(), case["text"].as_str().unwrap()]);
+    let (ok, out, err) = microllm(&[
+        "tokenize",
+        m.to_str().unwrap(),
+        case["text"].as_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     let ids: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(ids, case["token_ids"]);
@@ -53,7 +64,12 @@ fn run_greedy_streams_the_golden_continuation() {
     ]);
     assert!(ok, "{err}");
     // The first greedy tokens of the reference continuation, as text.
-    let want: String = case["greedy"]["text"].as_str().unwrap().chars().take(18).collect();
+    let want: String = case["greedy"]["text"]
+        .as_str()
+        .unwrap()
+        .chars()
+        .take(18)
+        .collect();
     assert!(out.starts_with(&want), "got {out:?}, want prefix {want:?}");
 }
 
@@ -86,15 +102,23 @@ fn logits_writes_npy_with_the_reference_argmax() {
     assert_eq!((10 + hlen) % 64, 0, "header must be padded to 64 bytes");
     let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
     let n = ids.len();
-    assert!(header.contains(&format!("'shape': ({n}, 49152)")), "{header}");
+    assert!(
+        header.contains(&format!("'shape': ({n}, 49152)")),
+        "{header}"
+    );
     let vals: Vec<f32> = bytes[10 + hlen..]
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect();
     assert_eq!(vals.len(), n * 49152);
     let last = &vals[(n - 1) * 49152..];
-    let argmax = (0..last.len()).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap();
-    assert_eq!(argmax as u64, case["last_position"]["argmax"].as_u64().unwrap());
+    let argmax = (0..last.len())
+        .max_by(|&a, &b| last[a].total_cmp(&last[b]))
+        .unwrap();
+    assert_eq!(
+        argmax as u64,
+        case["last_position"]["argmax"].as_u64().unwrap()
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -105,7 +129,10 @@ fn inspect_lists_config_and_tensors() {
     assert!(ok, "{err}");
     assert!(out.contains("layers 30"), "{out}");
     assert!(out.contains("heads 9 (kv 3)"), "{out}");
-    assert!(out.contains("model.layers.29.mlp.down_proj.weight"), "{out}");
+    assert!(
+        out.contains("model.layers.29.mlp.down_proj.weight"),
+        "{out}"
+    );
     assert!(out.contains("[576, 1536]"), "{out}");
 }
 
