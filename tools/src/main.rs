@@ -38,6 +38,8 @@ enum Command {
         /// Text to tokenize.
         text: String,
     },
+    /// Perplexity of a text, and divergence from a base model.
+    Perplexity(PerplexityArgs),
     /// Print the configuration and tensor list of a model.
     Inspect {
         /// Model folder or file.
@@ -158,6 +160,24 @@ struct LogitsArgs {
     all_positions: bool,
 }
 
+#[derive(Args)]
+struct PerplexityArgs {
+    /// Model: a Hugging Face folder or a .gguf file.
+    model: PathBuf,
+    /// Text file to score.
+    #[arg(long, short = 'f')]
+    file: PathBuf,
+    /// Window length in tokens; the second half of each window is scored (as llama-perplexity does).
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// Also report mean KL divergence and same-top-token rate against this model.
+    #[arg(long)]
+    kl_base: Option<PathBuf>,
+    /// Print one JSON object: ppl, base_ppl, mean_kl, same_top, tokens.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run_cli(cli) {
@@ -188,6 +208,7 @@ fn run_cli(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Perplexity(a) => cmd_perplexity(a),
         Command::Inspect { model } => cmd_inspect(&model),
     }
 }
@@ -338,6 +359,52 @@ fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
         bytes.extend_from_slice(&v.to_le_bytes());
     }
     std::fs::write(path, bytes)?;
+    Ok(())
+}
+
+fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))?;
+    let model = load(&a.model)?;
+    let base = a.kl_base.as_deref().map(load).transpose()?;
+    let tokens = model.tokenizer().encode(&text);
+    if let Some(b) = &base {
+        if b.tokenizer().encode(&text) != tokens {
+            bail!("the base model tokenizes the text differently: KL divergence needs the same tokenizer");
+        }
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} windows, {elapsed} (eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message("perplexity");
+    let r = microllm::perplexity(&model, base.as_deref(), &tokens, a.ctx, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    if a.json {
+        let v = serde_json::json!({
+            "ppl": r.ppl, "base_ppl": r.base_ppl, "mean_kl": r.mean_kl,
+            "same_top": r.same_top, "tokens": r.tokens,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "{} tokens scored in {} windows of {}",
+        r.tokens, r.windows, a.ctx
+    );
+    println!("perplexity: {:.4}", r.ppl);
+    if let (Some(bp), Some(kl), Some(st)) = (r.base_ppl, r.mean_kl, r.same_top) {
+        println!("base perplexity: {bp:.4} (ratio {:.4})", r.ppl / bp);
+        println!("mean KL divergence: {kl:.6}");
+        println!("same top token: {:.2}%", st * 100.0);
+    }
     Ok(())
 }
 
