@@ -40,6 +40,8 @@ enum Command {
     },
     /// Perplexity of a text, and divergence from a base model.
     Perplexity(PerplexityArgs),
+    /// Measure prompt processing and generation speed, load time and memory.
+    Bench(BenchArgs),
     /// Print the configuration and tensor list of a model.
     Inspect {
         /// Model folder or file.
@@ -178,6 +180,24 @@ struct PerplexityArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    /// Model: a Hugging Face folder or a .gguf file.
+    model: PathBuf,
+    /// Prompt lengths to time (tests pp<N>).
+    #[arg(short = 'p', long = "prompt", value_delimiter = ',', default_values_t = vec![64usize, 512])]
+    prompt: Vec<usize>,
+    /// Tokens to generate (test tg<N>); 0 skips it.
+    #[arg(short = 'n', long = "gen", default_value_t = 128)]
+    gen: usize,
+    /// Repetitions of each test; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// One JSON object per test on its own line.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run_cli(cli) {
@@ -209,6 +229,7 @@ fn run_cli(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Perplexity(a) => cmd_perplexity(a),
+        Command::Bench(a) => cmd_bench(a, cli.threads),
         Command::Inspect { model } => cmd_inspect(&model),
     }
 }
@@ -359,6 +380,108 @@ fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
         bytes.extend_from_slice(&v.to_le_bytes());
     }
     std::fs::write(path, bytes)?;
+    Ok(())
+}
+
+/// Index of the largest logit.
+fn argmax(v: &[f32]) -> u32 {
+    v.iter()
+        .enumerate()
+        .max_by(|x, y| x.1.total_cmp(y.1))
+        .map_or(0, |m| m.0 as u32)
+}
+
+/// Median, minimum and maximum of the samples.
+fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (median, v[0], v[n - 1])
+}
+
+/// Peak resident memory of this process so far, in bytes (Linux).
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
+    if a.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let threads = threads.unwrap_or_else(rayon::current_num_threads);
+    let start = std::time::Instant::now();
+    let model = load(&a.model)?;
+    let load_ms = start.elapsed().as_secs_f64() * 1e3;
+    let vocab = model.config().vocab_size as u32;
+    // Synthetic prompts, as llama-bench uses: the speed does not depend on which tokens.
+    let prompt_of =
+        |n: usize| -> Vec<u32> { (0..n as u32).map(|i| (i * 7919 + 1000) % vocab).collect() };
+    let mut rows = Vec::new();
+    for &n in &a.prompt {
+        if n == 0 {
+            continue;
+        }
+        let tokens = prompt_of(n);
+        let mut speeds = Vec::new();
+        let mut firsts = Vec::new();
+        for rep in 0..=a.reps {
+            let mut cache = model.new_cache(n + 1);
+            let t = std::time::Instant::now();
+            model.forward(&tokens, &mut cache, Logits::Last)?;
+            let secs = t.elapsed().as_secs_f64();
+            if rep > 0 {
+                // The first run warms caches and threads; it is not counted.
+                speeds.push(n as f64 / secs);
+                firsts.push(secs * 1e3);
+            }
+        }
+        rows.push((format!("pp{n}"), spread(speeds), Some(spread(firsts).0)));
+    }
+    if a.gen > 0 {
+        let mut speeds = Vec::new();
+        for rep in 0..=a.reps {
+            let mut cache = model.new_cache(a.gen + 1);
+            let mut tok = 1u32;
+            let t = std::time::Instant::now();
+            for _ in 0..a.gen {
+                let logits = model.forward(&[tok], &mut cache, Logits::Last)?;
+                tok = argmax(&logits);
+            }
+            if rep > 0 {
+                speeds.push(a.gen as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+        rows.push((format!("tg{}", a.gen), spread(speeds), None));
+    }
+    let rss = peak_rss_bytes();
+    for (test, (median, min, max), ttft_ms) in &rows {
+        if a.json {
+            let v = serde_json::json!({
+                "test": test, "threads": threads, "tok_s": median, "tok_s_min": min, "tok_s_max": max,
+                "reps": a.reps, "time_to_first_token_ms": ttft_ms, "load_ms": load_ms,
+                "peak_rss_bytes": rss, "model": a.model.display().to_string(),
+            });
+            println!("{v}");
+        } else {
+            let ttft = ttft_ms
+                .map(|t| format!("  first token {t:.1} ms"))
+                .unwrap_or_default();
+            println!("{test:>6}  {threads} threads  {median:8.1} tok/s  (min {min:.1}, max {max:.1}){ttft}");
+        }
+    }
+    if !a.json {
+        println!(
+            "load {load_ms:.1} ms, peak RSS {:.1} MiB",
+            rss.unwrap_or(0) as f64 / (1 << 20) as f64
+        );
+    }
     Ok(())
 }
 
