@@ -4,3 +4,4 @@
 //! SIMD) is measured against it.
 
 pub mod f32;
+pub mod quant;
