@@ -2,14 +2,16 @@
 //! `d` and one f16 minimum `m` per block of 32 (ggml's Q4_1 values).
 //!
 //! Quantizer: a `(d, m)` search minimising the squared error, in the manner
-//! of ggml's `make_qkx2_quants`. Candidates: the plain min/max choice
-//! (`m = min`, `d = (max − min)/15`, ggml's Q4_1) and, for inverse scales
-//! around `15 / (max − min)`, the least-squares `(d, m)` of the quants
-//! that scale gives. Each candidate is rounded to f16, the block
-//! requantized with the rounded values and its error measured; the best is
-//! refitted once more. Because the min/max candidate is measured like the
-//! others, data dequantized from a Q4_1 file (every block of which has its
-//! minimum at `n = 0` and its maximum at `n = 15`) comes back bit-exactly.
+//! of ggml's `make_qkx2_quants`. Stage 1: for inverse scales around
+//! `15 / (max − min)`, the least-squares `(d, m)` of the quants that scale
+//! gives, compared by the error the fit leaves (no second pass). Stage 2:
+//! the best fit and the plain min/max choice (`m = min`,
+//! `d = (max − min)/15`, ggml's Q4_1) are rounded to f16, the block
+//! requantized with the rounded values and its error measured; two more
+//! least-squares steps from the best quants. Because the min/max choice is
+//! measured like the others, data dequantized from a Q4_1 file (every
+//! block of which has its minimum at `n = 0` and its maximum at `n = 15`)
+//! comes back bit-exactly, and no block is worse than ggml's Q4_1.
 
 use super::{check_finite, round_clamped, sum8, BlockQ4, Q8Row, QuantError, QK};
 use half::f16;
