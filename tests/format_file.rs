@@ -1047,10 +1047,11 @@ fn the_fuzz_damage_is_mostly_caught() {
         b[i] ^= 0x40;
         errors += parse(&b).is_err() as usize;
     }
+    println!("{errors} of {data_off} single-bit flips before the data section detected");
     // Bytes whose flip is harmless exist (JSON string contents, chat
-    // template, tokenizer text, padding), but they are a minority.
+    // template, tokenizer text, padding) but are few: measured 92%.
     assert!(
-        errors * 2 > data_off,
+        errors * 100 > data_off * 85,
         "{errors} of {data_off} flips detected"
     );
 }
