@@ -20,6 +20,7 @@
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod format;
 pub mod gguf;
 pub mod hf;
 pub mod model;

@@ -6,3 +6,4 @@
 #![warn(missing_docs)]
 
 pub mod f32;
+pub mod quant;
