@@ -181,10 +181,20 @@ impl fmt::Display for TensorType {
 #[derive(Debug, Clone, PartialEq)]
 pub enum QuantError {
     /// Element `index` (row-major) is NaN or infinite.
-    NonFinite { index: usize, value: f32 },
+    NonFinite {
+        /// Row-major element index.
+        index: usize,
+        /// The offending value.
+        value: f32,
+    },
     /// The block starting at element `index` needs a scale or minimum
     /// beyond the f16 range (`max_abs` is its largest magnitude).
-    OutOfRange { index: usize, max_abs: f32 },
+    OutOfRange {
+        /// First element of the block.
+        index: usize,
+        /// Largest magnitude in the block.
+        max_abs: f32,
+    },
     /// Lengths, shape or alignment do not fit the type.
     Layout(String),
 }
