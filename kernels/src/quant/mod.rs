@@ -252,18 +252,25 @@ pub enum Planes<'a> {
     F16(&'a [f16]),
     /// `rows · nb` blocks and as many scales.
     Q8 {
+        /// Quant blocks, row-major.
         quants: &'a [BlockQ8],
+        /// One scale per block.
         scales: &'a [f16],
     },
     /// `rows · nb` blocks and as many scales.
     Q4 {
+        /// Quant blocks, row-major.
         quants: &'a [BlockQ4],
+        /// One scale per block.
         scales: &'a [f16],
     },
     /// `rows · nb` blocks, scales and minimums.
     Q4m {
+        /// Quant blocks, row-major.
         quants: &'a [BlockQ4],
+        /// One scale per block.
         scales: &'a [f16],
+        /// One minimum per block.
         mins: &'a [f16],
     },
 }
