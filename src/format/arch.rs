@@ -24,6 +24,7 @@ pub struct ExpectedTensor {
     pub name: String,
     /// Shape, outermost first.
     pub shape: Vec<usize>,
+    /// What the tensor is for.
     pub role: Role,
 }
 

@@ -37,6 +37,7 @@ pub struct Metadata {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenizerInfo {
+    /// How the tokenizer section is encoded.
     pub kind: TokenizerKind,
 }
 
@@ -108,6 +109,7 @@ pub struct SourceFile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoraInfo {
+    /// The adapter file.
     pub source: SourceFile,
     /// The factor the adapter's product was multiplied by.
     pub scale: f32,

@@ -45,6 +45,7 @@ pub const MAX_DIMS: usize = 4;
 pub struct TensorInfo {
     /// Hugging Face name.
     pub name: String,
+    /// Element type.
     pub ty: TensorType,
     /// Dimensions, outermost first (`[out, in]` for a weight matrix).
     pub shape: Vec<usize>,

@@ -63,6 +63,7 @@ impl std::fmt::Debug for MllmFile {
 /// A tensor's entry and its bytes, borrowed from the file.
 #[derive(Debug, Clone, Copy)]
 pub struct TensorView<'a> {
+    /// The table entry.
     pub info: &'a TensorInfo,
     /// `info.len` bytes at a 64-byte aligned address.
     pub bytes: &'a [u8],
