@@ -12,6 +12,7 @@ use crate::source::{self, GenerationDefaults, ModelParts, SourceFormat, TensorSo
 use crate::tensor::Tensor;
 use crate::tokenizer::Tokenizer;
 use microllm_kernels::f32 as k;
+use microllm_kernels::quant::TensorType;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -66,7 +67,13 @@ impl Weights {
                 }
                 Some(_) => {}
             }
-            let t = src.load_f32(name)?;
+            let t = src.load(name)?;
+            if shape.len() == 1 && t.ty() != TensorType::F32 {
+                return Err(Error::format(
+                    path,
+                    format!("tensor '{name}' is {}; norms must be f32", t.ty()),
+                ));
+            }
             if t.shape() != shape {
                 return Err(Error::format(
                     path,
@@ -339,10 +346,10 @@ impl Model {
         let w = &self.weights;
 
         // x: (n, dim), the residual stream, starts as the token embeddings.
-        let emb = w.token_embedding.data();
-        let mut x = Vec::with_capacity(n * dim);
-        for &t in tokens {
-            x.extend_from_slice(&emb[t as usize * dim..(t as usize + 1) * dim]);
+        let emb = w.token_embedding.weights();
+        let mut x = vec![0.0f32; n * dim];
+        for (row, &t) in x.chunks_exact_mut(dim).zip(tokens) {
+            emb.dequantize_row(t as usize, row);
         }
 
         // RoPE tables for the new positions: cos, sin: (n, head_dim / 2).
@@ -370,9 +377,9 @@ impl Model {
         for (l, lw) in w.layers.iter().enumerate() {
             // Attention block: x += wo · attention(rope(wq · norm(x)), cache).
             rmsnorm_rows(&mut xb, &x, lw.attn_norm.data(), cfg.rms_norm_eps, dim);
-            k::matmul(&mut q, &xb, lw.wq.data(), n, dim, q_dim);
-            k::matmul(&mut kk, &xb, lw.wk.data(), n, dim, kv_dim);
-            k::matmul(&mut vv, &xb, lw.wv.data(), n, dim, kv_dim);
+            lw.wq.weights().matmul(&mut q, &xb, n);
+            lw.wk.weights().matmul(&mut kk, &xb, n);
+            lw.wv.weights().matmul(&mut vv, &xb, n);
             for t in 0..n {
                 let (c, s) = (
                     &cos[t * half..(t + 1) * half],
@@ -384,21 +391,21 @@ impl Model {
             cache.k[l].extend_from_slice(&kk);
             cache.v[l].extend_from_slice(&vv);
             attention(&mut att, &q, &cache.k[l], &cache.v[l], pos0, cfg);
-            k::matmul(&mut proj, &att, lw.wo.data(), n, q_dim, dim);
+            lw.wo.weights().matmul(&mut proj, &att, n);
             k::add_inplace(&mut x, &proj);
 
             // MLP block: x += w_down · (silu(w_gate · norm(x)) * (w_up · norm(x))).
             rmsnorm_rows(&mut xb, &x, lw.ffn_norm.data(), cfg.rms_norm_eps, dim);
-            k::matmul(&mut gate, &xb, lw.w_gate.data(), n, dim, hidden);
-            k::matmul(&mut up, &xb, lw.w_up.data(), n, dim, hidden);
+            lw.w_gate.weights().matmul(&mut gate, &xb, n);
+            lw.w_up.weights().matmul(&mut up, &xb, n);
             k::silu_mul(&mut gate, &up);
-            k::matmul(&mut proj, &gate, lw.w_down.data(), n, hidden, dim);
+            lw.w_down.weights().matmul(&mut proj, &gate, n);
             k::add_inplace(&mut x, &proj);
         }
         cache.len += n;
 
         // Output: logits = lm_head · norm(x), for the positions asked for.
-        let head = w.lm_head.as_ref().unwrap_or(&w.token_embedding).data();
+        let head = w.lm_head.as_ref().unwrap_or(&w.token_embedding).weights();
         let vocab = cfg.vocab_size;
         let rows = match which {
             Logits::Last => &x[(n - 1) * dim..],
@@ -414,7 +421,7 @@ impl Model {
             dim,
         );
         let mut logits = vec![0.0f32; m * vocab];
-        k::matmul(&mut logits, &normed, head, m, dim, vocab);
+        head.matmul(&mut logits, &normed, m);
         Ok(logits)
     }
 }

@@ -31,6 +31,11 @@ pub trait TensorSource: Send + Sync {
     /// An unknown name, unsupported dtype or corrupted data is an error that
     /// names the file and the tensor.
     fn load_f32(&self, name: &str) -> Result<Tensor>;
+    /// The tensor in the type it is stored as (a `.mllm` file keeps q8/q4
+    /// blocks as they are); sources that only hold floats give f32.
+    fn load(&self, name: &str) -> Result<Tensor> {
+        self.load_f32(name)
+    }
 }
 
 /// Sampling defaults a checkpoint may suggest (`generation_config.json`).

@@ -1,30 +1,48 @@
-//! Weights in memory: either owned f32 values or a view into a mapped file.
+//! Weights in memory: owned f32 values, owned quantized blocks, or a view
+//! into a mapped file, each with its element type.
 
 use crate::error::{Error, Result};
 use memmap2::Mmap;
+use microllm_kernels::quant::{Planes, QuantizedWeights, TensorType, WeightsRef};
 use std::path::Path;
 use std::sync::Arc;
+
+/// Bytes that tensors can be views into (a mapped file), shared by every
+/// tensor of that file and kept alive as long as any of them is.
+pub trait Backing: Send + Sync + std::fmt::Debug {
+    /// All bytes of the file.
+    fn bytes(&self) -> &[u8];
+}
+
+impl Backing for Mmap {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
 
 /// Where a tensor's values live.
 #[derive(Debug)]
 enum Storage {
-    /// Values converted at load time (dequantized, widened from f16/bf16).
+    /// f32 values converted at load time (dequantized, widened from f16/bf16).
     Owned(Vec<f32>),
-    /// Little-endian f32 values used in place from a mapped file.
-    Mapped {
-        map: Arc<Mmap>,
-        /// Byte offset of the first value; a multiple of 4.
+    /// Blocks quantized in memory (a recipe applied at load time).
+    Quantized(QuantizedWeights),
+    /// `len` bytes at `offset` in a shared file, in the layout of the
+    /// tensor's type, used in place.
+    InFile {
+        backing: Arc<dyn Backing>,
         offset: usize,
-        /// Number of f32 values.
         len: usize,
     },
 }
 
-/// A dense row-major f32 tensor. A weight matrix of shape `[out, in]` stores
-/// row `o` (the weights of output `o`) at `data()[o * in..(o + 1) * in]`,
-/// the layout of a PyTorch `nn.Linear` weight.
+/// A row-major tensor. A weight matrix of shape `[out, in]` stores row `o`
+/// (the weights of output `o`) first, the layout of a PyTorch `nn.Linear`
+/// weight; quantized types cut each row into blocks of 32 (see
+/// `docs/format.md`).
 #[derive(Debug)]
 pub struct Tensor {
+    ty: TensorType,
     shape: Vec<usize>,
     storage: Storage,
 }
@@ -34,11 +52,20 @@ pub fn checked_numel(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
 }
 
+/// `(rows, cols)` of a shape: all dimensions but the last, and the last.
+fn rows_cols(shape: &[usize]) -> (usize, usize) {
+    match shape.split_last() {
+        Some((&cols, rest)) => (rest.iter().product(), cols),
+        None => (1, 1),
+    }
+}
+
 impl Tensor {
     /// Takes ownership of `data`; its length must match `shape`.
     pub fn from_vec(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
         match checked_numel(&shape) {
             Some(n) if n == data.len() => Ok(Tensor {
+                ty: TensorType::F32,
                 shape,
                 storage: Storage::Owned(data),
             }),
@@ -49,37 +76,91 @@ impl Tensor {
         }
     }
 
+    /// A tensor quantized in memory; `shape` must hold its rows and columns.
+    pub fn from_quantized(shape: Vec<usize>, q: QuantizedWeights) -> Result<Self> {
+        let (rows, cols) = rows_cols(&shape);
+        if checked_numel(&shape).is_none() || rows != q.rows() || cols != q.cols() {
+            return Err(Error::invalid(format!(
+                "a {} × {} quantized matrix does not have shape {shape:?}",
+                q.rows(),
+                q.cols()
+            )));
+        }
+        Ok(Tensor {
+            ty: q.ty(),
+            shape,
+            storage: Storage::Quantized(q),
+        })
+    }
+
     /// A view of `numel(shape)` little-endian f32 values at `offset` in `map`,
     /// used in place. `path` names the mapped file in errors.
     pub fn mapped(map: Arc<Mmap>, offset: usize, shape: Vec<usize>, path: &Path) -> Result<Self> {
-        let len = checked_numel(&shape)
-            .ok_or_else(|| Error::format(path, format!("tensor shape {shape:?} overflows")))?;
-        let end = len
-            .checked_mul(4)
-            .and_then(|b| b.checked_add(offset))
-            .ok_or_else(|| Error::format(path, format!("tensor shape {shape:?} overflows")))?;
-        if end > map.len() {
+        Tensor::in_file(map, TensorType::F32, offset, shape, path)
+    }
+
+    /// A view of a tensor of type `ty` stored at `offset` in `backing`, in
+    /// the layout of its type, used in place. Bounds, length and alignment
+    /// are checked here, once; an unaligned f32 tensor is copied instead.
+    pub fn in_file(
+        backing: Arc<dyn Backing>,
+        ty: TensorType,
+        offset: usize,
+        shape: Vec<usize>,
+        path: &Path,
+    ) -> Result<Self> {
+        let overflow = || Error::format(path, format!("tensor shape {shape:?} overflows"));
+        checked_numel(&shape).ok_or_else(overflow)?;
+        let (rows, cols) = rows_cols(&shape);
+        let len = ty
+            .byte_len(rows as u64, cols as u64)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| {
+                Error::format(
+                    path,
+                    format!("{ty} cannot hold a tensor of shape {shape:?}"),
+                )
+            })?;
+        let bytes = backing.bytes();
+        let end = offset.checked_add(len).ok_or_else(overflow)?;
+        if end > bytes.len() {
             return Err(Error::format(
                 path,
                 format!(
                     "tensor data [{offset}, {end}) runs past the end of the file ({} bytes)",
-                    map.len()
+                    bytes.len()
                 ),
             ));
         }
-        // In-place use needs f32 alignment and a little-endian host; otherwise copy.
-        let aligned = (map.as_ptr() as usize + offset) % std::mem::align_of::<f32>() == 0;
-        if !aligned || cfg!(target_endian = "big") {
-            let data = map[offset..end]
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            return Tensor::from_vec(shape, data);
+        let view = &bytes[offset..end];
+        if WeightsRef::from_le_bytes(ty, view, rows, cols).is_err() {
+            // Only alignment can still fail: copy f32 values, refuse the rest.
+            if ty == TensorType::F32 {
+                let data = view
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                return Tensor::from_vec(shape, data);
+            }
+            return Err(Error::format(
+                path,
+                format!("{ty} tensor at offset {offset} is misaligned"),
+            ));
         }
         Ok(Tensor {
+            ty,
             shape,
-            storage: Storage::Mapped { map, offset, len },
+            storage: Storage::InFile {
+                backing,
+                offset,
+                len,
+            },
         })
+    }
+
+    /// The element type.
+    pub fn ty(&self) -> TensorType {
+        self.ty
     }
 
     /// The dimensions, outermost first.
@@ -89,24 +170,52 @@ impl Tensor {
 
     /// Number of values.
     pub fn numel(&self) -> usize {
-        self.data().len()
+        self.shape.iter().product()
+    }
+
+    /// Bytes the values take, in the tensor's type.
+    pub fn byte_len(&self) -> usize {
+        let (rows, cols) = rows_cols(&self.shape);
+        // Fits: a tensor of this size exists in memory.
+        self.ty.byte_len(rows as u64, cols as u64).unwrap_or(0) as usize
     }
 
     /// True when the values are read in place from a mapped file.
     pub fn is_mapped(&self) -> bool {
-        matches!(self.storage, Storage::Mapped { .. })
+        matches!(self.storage, Storage::InFile { .. })
     }
 
-    /// The values, row-major.
+    /// The values of an f32 tensor, row-major.
+    ///
+    /// # Panics
+    /// If the tensor is not f32; loaders check types (norms are always f32).
     pub fn data(&self) -> &[f32] {
-        match &self.storage {
-            Storage::Owned(v) => v,
-            Storage::Mapped { map, offset, len } => {
-                // The constructor checked bounds and alignment, so the cast
-                // cannot fail; bytemuck re-checks both anyway.
-                bytemuck::cast_slice(&map[*offset..*offset + *len * 4])
-            }
+        match self.weights().planes() {
+            Planes::F32(v) => v,
+            _ => panic!("Tensor::data on a {} tensor", self.ty),
         }
+    }
+
+    /// The tensor as a `(rows, cols)` matrix in its own type, for the
+    /// kernels (`rows` = all dimensions but the last).
+    pub fn weights(&self) -> WeightsRef<'_> {
+        let (rows, cols) = rows_cols(&self.shape);
+        let view = match &self.storage {
+            Storage::Owned(v) => WeightsRef::new(rows, cols, Planes::F32(v)),
+            Storage::Quantized(q) => Ok(q.as_ref()),
+            Storage::InFile {
+                backing,
+                offset,
+                len,
+            } => WeightsRef::from_le_bytes(
+                self.ty,
+                &backing.bytes()[*offset..*offset + *len],
+                rows,
+                cols,
+            ),
+        };
+        // Every constructor checked exactly this view.
+        view.expect("tensor layout checked at construction")
     }
 }
 
