@@ -19,6 +19,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod convert;
 pub mod error;
 pub mod format;
 pub mod gguf;

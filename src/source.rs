@@ -19,6 +19,8 @@ pub enum SourceFormat {
     HfFolder,
     /// A llama.cpp GGUF file.
     Gguf,
+    /// microllm's own `.mllm` file.
+    Mllm,
 }
 
 /// Access to the weights of one model file or folder.
@@ -69,23 +71,24 @@ pub struct ModelParts {
     pub format: SourceFormat,
 }
 
-/// Reads a model from a Hugging Face folder or a `.gguf` file, chosen by
-/// what `path` is.
+/// Reads a model from a Hugging Face folder, a `.gguf` or a `.mllm` file;
+/// a file's kind is told by its first bytes, not its name.
 pub fn open(path: &Path) -> Result<ModelParts> {
     if path.is_dir() {
-        crate::hf::load(path)
-    } else if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
-        crate::gguf::load(path)
-    } else if !path.exists() {
-        Err(crate::Error::io(
+        return crate::hf::load(path);
+    }
+    let mut magic = [0u8; 4];
+    let read = std::fs::File::open(path).and_then(|mut f| {
+        use std::io::Read;
+        f.read(&mut magic)
+    });
+    match read {
+        Err(e) => Err(crate::Error::io(path, e)),
+        Ok(4) if &magic == b"MLLM" => crate::format::load(path),
+        Ok(4) if &magic == b"GGUF" => crate::gguf::load(path),
+        Ok(_) => Err(crate::Error::format(
             path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
-        ))
-    } else {
-        // Sniff the magic so that a GGUF file under another name still loads.
-        crate::gguf::load(path)
+            "not a model: expected a Hugging Face folder, a .gguf file or a .mllm file",
+        )),
     }
 }

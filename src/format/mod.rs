@@ -14,11 +14,13 @@
 //! ```
 
 mod arch;
+mod load;
 mod metadata;
 mod reader;
 mod writer;
 
 pub use arch::{expected_tensors, ExpectedTensor, Role};
+pub use load::{load, MllmTensors};
 pub use metadata::{
     encode_tokenizer_parts, LoraInfo, Metadata, Provenance, Recipe, SourceFile, TokenizerInfo,
     TokenizerKind,

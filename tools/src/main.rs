@@ -38,6 +38,8 @@ enum Command {
         /// Text to tokenize.
         text: String,
     },
+    /// Convert a Hugging Face folder, GGUF or .mllm file into a quantized .mllm file.
+    Convert(ConvertArgs),
     /// Perplexity of a text, and divergence from a base model.
     Perplexity(PerplexityArgs),
     /// Measure prompt processing and generation speed, load time and memory.
@@ -163,6 +165,33 @@ struct LogitsArgs {
 }
 
 #[derive(Args)]
+struct ConvertArgs {
+    /// Source: a Hugging Face folder, a .gguf file or a .mllm file.
+    source: PathBuf,
+    /// Output .mllm file.
+    #[arg(long, short = 'o')]
+    out: PathBuf,
+    /// Type of the weight matrices: q8, q4 (symmetric), q4m (with a minimum), f16 or f32.
+    #[arg(long, default_value = "q4")]
+    quant: String,
+    /// Type of the output head (the token embedding too, when they are tied).
+    /// Default: q8 for q4/q4m, else as --quant.
+    #[arg(long)]
+    keep_output: Option<String>,
+    /// Type of one tensor, as NAME=TYPE (repeatable).
+    #[arg(long = "override", value_name = "NAME=TYPE")]
+    overrides: Vec<String>,
+    /// Print every tensor in the closing table, not only a summary per kind.
+    #[arg(long)]
+    verbose: bool,
+}
+
+fn tensor_type(s: &str) -> Result<microllm::format::TensorType> {
+    microllm::format::TensorType::from_name(s)
+        .ok_or_else(|| anyhow::anyhow!("unknown tensor type '{s}' (use q8, q4, q4m, f16 or f32)"))
+}
+
+#[derive(Args)]
 struct PerplexityArgs {
     /// Model: a Hugging Face folder or a .gguf file.
     model: PathBuf,
@@ -228,6 +257,7 @@ fn run_cli(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Convert(a) => cmd_convert(a),
         Command::Perplexity(a) => cmd_perplexity(a),
         Command::Bench(a) => cmd_bench(a, cli.threads),
         Command::Inspect { model } => cmd_inspect(&model),
@@ -482,6 +512,94 @@ fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
             rss.unwrap_or(0) as f64 / (1 << 20) as f64
         );
     }
+    Ok(())
+}
+
+fn cmd_convert(a: ConvertArgs) -> Result<()> {
+    use microllm::format::TensorType;
+    let quant = tensor_type(&a.quant)?;
+    let output = match &a.keep_output {
+        Some(t) => Some(tensor_type(t)?),
+        None if matches!(quant, TensorType::Q4 | TensorType::Q4m) => Some(TensorType::Q8),
+        None => None,
+    };
+    let mut overrides = Vec::new();
+    for o in &a.overrides {
+        let (name, ty) = o
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--override wants NAME=TYPE, got '{o}'"))?;
+        overrides.push((name.to_string(), tensor_type(ty)?));
+    }
+    let tied = source::open(&a.source)?.config.tie_word_embeddings;
+    let recipe = microllm::convert::recipe(quant, output, tied, &overrides);
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("converting [{bar:30}] {pos}/{len} tensors {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let start = std::time::Instant::now();
+    let report = microllm::convert::convert(&a.source, &a.out, &recipe, |done, total, name| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(name.to_string());
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "{:<48} {:>5} {:>14} {:>10} {:>9}",
+        "tensor", "type", "shape", "bytes", "rel RMSE"
+    );
+    let kind = |name: &str| -> String {
+        // model.layers.N.mlp.up_proj.weight -> mlp.up_proj.weight
+        match name.strip_prefix("model.layers.") {
+            Some(rest) => format!("layers.*.{}", rest.split_once('.').map_or(rest, |r| r.1)),
+            None => name.to_string(),
+        }
+    };
+    if a.verbose {
+        for t in &report.tensors {
+            let shape = format!("{:?}", t.shape);
+            println!(
+                "{:<48} {:>5} {:>14} {:>10} {:>9.5}",
+                t.name,
+                t.ty.to_string(),
+                shape,
+                t.bytes,
+                t.rel_rmse
+            );
+        }
+    } else {
+        // One line per kind of tensor: count, bytes summed, mean error.
+        let mut groups: Vec<(String, TensorType, Vec<usize>, usize, usize, f64)> = Vec::new();
+        for t in &report.tensors {
+            let k = kind(&t.name);
+            match groups.iter_mut().find(|g| g.0 == k) {
+                Some(g) => {
+                    g.3 += 1;
+                    g.4 += t.bytes;
+                    g.5 += t.rel_rmse;
+                }
+                None => groups.push((k, t.ty, t.shape.clone(), 1, t.bytes, t.rel_rmse)),
+            }
+        }
+        for (k, ty, shape, n, bytes, err) in groups {
+            let name = if n > 1 { format!("{k} (x{n})") } else { k };
+            let shape = format!("{shape:?}");
+            println!(
+                "{name:<48} {:>5} {shape:>14} {bytes:>10} {:>9.5}",
+                ty.to_string(),
+                err / n as f64
+            );
+        }
+    }
+    println!(
+        "wrote {}: {:.1} MiB, {} parameters, {:.3} bits per weight, in {:.1} s",
+        a.out.display(),
+        report.file_bytes as f64 / (1 << 20) as f64,
+        report.params,
+        report.bits_per_weight(),
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -526,9 +526,28 @@ impl<'a> WeightsRef<'a> {
         let (rows, cols) = (self.rows, self.cols);
         assert_eq!(x.len(), n * cols, "matmul: x is not (n, cols)");
         assert_eq!(out.len(), n * rows, "matmul: out is not (n, rows)");
-        par_rows(out, n, rows, |r, t| {
-            self.dot_row(r, &x[t * cols..(t + 1) * cols])
-        });
+        if n == 1 || !self.ty().is_quantized() {
+            par_rows(out, n, rows, |r, t| {
+                self.dot_row(r, &x[t * cols..(t + 1) * cols])
+            });
+            return;
+        }
+        // Many tokens: dequantize each row once and reuse it for all of
+        // them, instead of once per token inside `dot_row`.
+        let mut out_t = vec![0.0f32; rows * n];
+        out_t
+            .par_chunks_mut(ROWS_PER_TASK * n)
+            .enumerate()
+            .for_each(|(chunk, block)| {
+                let mut row = vec![0.0f32; cols];
+                for (i, row_out) in block.chunks_mut(n).enumerate() {
+                    self.dequantize_row(chunk * ROWS_PER_TASK + i, &mut row);
+                    for (t, o) in row_out.iter_mut().enumerate() {
+                        *o = crate::f32::dot(&row, &x[t * cols..(t + 1) * cols]);
+                    }
+                }
+            });
+        transpose_into(out, &out_t, rows, n);
     }
 
     /// `out (n, rows) = x · Wᵀ` with `x` quantized to int8 per block
@@ -618,6 +637,11 @@ fn par_rows(out: &mut [f32], n: usize, rows: usize, f: impl Fn(usize, usize) -> 
                 }
             }
         });
+    transpose_into(out, &out_t, rows, n);
+}
+
+/// `out (n, rows)` from `out_t (rows, n)`.
+fn transpose_into(out: &mut [f32], out_t: &[f32], rows: usize, n: usize) {
     for r in 0..rows {
         for t in 0..n {
             out[t * rows + r] = out_t[r * n + t];
