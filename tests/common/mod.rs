@@ -140,7 +140,8 @@ pub fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-/// A tiny random Llama (2 layers, width 16, SmolLM2's tokenizer and chat
+/// A tiny random Llama (2 layers, width 32 (every matrix width a whole
+/// number of quantization blocks), SmolLM2's tokenizer and chat
 /// template) as a Hugging Face folder in a fresh temp dir. `edit` may change
 /// the tensor list before it is written.
 pub fn tiny_llama_folder(
@@ -154,7 +155,7 @@ pub fn tiny_llama_folder(
     for f in ["tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(real.join(f), dir.join(f)).unwrap();
     }
-    let (vocab, dim, hidden, layers, heads, kv_heads, head_dim) = (49152, 16, 32, 2, 4, 2, 4);
+    let (vocab, dim, hidden, layers, heads, kv_heads, head_dim) = (49152, 32, 64, 2, 4, 2, 8);
     let config = serde_json::json!({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "hidden_size": dim, "intermediate_size": hidden, "num_hidden_layers": layers,
