@@ -5,7 +5,9 @@
 use std::time::Instant;
 
 fn main() -> microllm::Result<()> {
-    let path = std::env::args().nth(1).unwrap_or_else(|| "models/smollm2-135m-q4.mllm".into());
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "models/smollm2-135m-q4.mllm".into());
     let path = std::path::Path::new(&path);
     for _ in 0..2 {
         let t = Instant::now();

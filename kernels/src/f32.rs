@@ -27,7 +27,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Output rows handed to one rayon task: enough work (~64 KiB of f32
 /// weights at width 576) to outweigh the task's scheduling cost.
-const ROWS_PER_TASK: usize = 32;
+pub(crate) const ROWS_PER_TASK: usize = 32;
 
 /// `out (n, rows) = x (n, cols) · wᵀ` where `w` is `(rows, cols)`.
 ///
@@ -37,14 +37,28 @@ pub fn matmul(out: &mut [f32], x: &[f32], w: &[f32], n: usize, cols: usize, rows
     assert_eq!(x.len(), n * cols, "matmul: x is not (n, cols)");
     assert_eq!(w.len(), rows * cols, "matmul: w is not (rows, cols)");
     assert_eq!(out.len(), n * rows, "matmul: out is not (n, rows)");
+    par_rows(out, n, rows, |r, t| {
+        dot(&w[r * cols..(r + 1) * cols], &x[t * cols..(t + 1) * cols])
+    });
+}
+
+/// Fills `out (n, rows)` with `f(row, token)`, in parallel over blocks of
+/// rows. Every matrix product in the crate is this loop with its own `f`.
+pub(crate) fn par_rows(
+    out: &mut [f32],
+    n: usize,
+    rows: usize,
+    f: impl Fn(usize, usize) -> f32 + Sync,
+) {
+    if n == 0 || rows == 0 {
+        return;
+    }
     if n == 1 {
         out.par_chunks_mut(ROWS_PER_TASK)
             .enumerate()
-            .for_each(|(chunk, out_rows)| {
-                let r0 = chunk * ROWS_PER_TASK;
-                for (i, o) in out_rows.iter_mut().enumerate() {
-                    let r = r0 + i;
-                    *o = dot(&w[r * cols..(r + 1) * cols], x);
+            .for_each(|(chunk, o)| {
+                for (i, v) in o.iter_mut().enumerate() {
+                    *v = f(chunk * ROWS_PER_TASK + i, 0);
                 }
             });
         return;
@@ -56,15 +70,18 @@ pub fn matmul(out: &mut [f32], x: &[f32], w: &[f32], n: usize, cols: usize, rows
         .par_chunks_mut(ROWS_PER_TASK * n)
         .enumerate()
         .for_each(|(chunk, block)| {
-            let r0 = chunk * ROWS_PER_TASK;
             for (i, row_out) in block.chunks_mut(n).enumerate() {
-                let r = r0 + i;
-                let wr = &w[r * cols..(r + 1) * cols];
+                let r = chunk * ROWS_PER_TASK + i;
                 for (t, o) in row_out.iter_mut().enumerate() {
-                    *o = dot(wr, &x[t * cols..(t + 1) * cols]);
+                    *o = f(r, t);
                 }
             }
         });
+    transpose_into(out, &out_t, rows, n);
+}
+
+/// `out (n, rows)` from `out_t (rows, n)`.
+pub(crate) fn transpose_into(out: &mut [f32], out_t: &[f32], rows: usize, n: usize) {
     for r in 0..rows {
         for t in 0..n {
             out[t * rows + r] = out_t[r * n + t];

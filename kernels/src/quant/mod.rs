@@ -14,6 +14,7 @@
 //!   integer products summed per block, scaled once per block, as llama.cpp
 //!   does.
 
+use crate::f32::{par_rows, transpose_into, ROWS_PER_TASK};
 use half::f16;
 use rayon::prelude::*;
 use std::fmt;
@@ -602,51 +603,6 @@ pub(crate) fn round_clamped(v: f32, lo: f32, hi: f32) -> f32 {
 #[inline]
 pub(crate) fn sum8(a: [f32; 8]) -> f32 {
     ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
-}
-
-/// Output rows handed to one rayon task (as in `f32::matmul`).
-const ROWS_PER_TASK: usize = 32;
-
-/// Fills `out (n, rows)` with `f(r, t)` for output row `r` and token `t`,
-/// in parallel over blocks of rows so that each weight row is read once
-/// for all `n` tokens.
-fn par_rows(out: &mut [f32], n: usize, rows: usize, f: impl Fn(usize, usize) -> f32 + Sync) {
-    if n == 0 || rows == 0 {
-        return;
-    }
-    if n == 1 {
-        out.par_chunks_mut(ROWS_PER_TASK)
-            .enumerate()
-            .for_each(|(chunk, o)| {
-                for (i, v) in o.iter_mut().enumerate() {
-                    *v = f(chunk * ROWS_PER_TASK + i, 0);
-                }
-            });
-        return;
-    }
-    // (rows, n) order gives tasks disjoint output slices; transpose after.
-    let mut out_t = vec![0.0f32; rows * n];
-    out_t
-        .par_chunks_mut(ROWS_PER_TASK * n)
-        .enumerate()
-        .for_each(|(chunk, block)| {
-            for (i, row_out) in block.chunks_mut(n).enumerate() {
-                let r = chunk * ROWS_PER_TASK + i;
-                for (t, o) in row_out.iter_mut().enumerate() {
-                    *o = f(r, t);
-                }
-            }
-        });
-    transpose_into(out, &out_t, rows, n);
-}
-
-/// `out (n, rows)` from `out_t (rows, n)`.
-fn transpose_into(out: &mut [f32], out_t: &[f32], rows: usize, n: usize) {
-    for r in 0..rows {
-        for t in 0..n {
-            out[t * rows + r] = out_t[r * n + t];
-        }
-    }
 }
 
 /// A quantized matrix that owns its planes: what the quantizers produce
