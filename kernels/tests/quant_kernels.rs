@@ -150,7 +150,10 @@ fn many_rows_and_tokens_use_every_parallel_chunk() {
             // Several tokens dequantize each row once and take f32 dots, one
             // token scales per block: the same sum, rounded differently.
             for (r, (a, b)) in many[t * rows..(t + 1) * rows].iter().zip(&one).enumerate() {
-                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{ty} token {t} row {r}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{ty} token {t} row {r}: {a} vs {b}"
+                );
             }
         }
         let a = Q8Activations::quantize(&x, n, cols);

@@ -651,21 +651,11 @@ fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
 
 fn cmd_inspect(path: &Path) -> Result<()> {
     let parts = source::open(path)?;
-    let c = &parts.config;
-    println!("model: {} ({:?})", path.display(), parts.format);
-    println!("architecture: {}", c.architecture);
-    println!(
-        "layers {}  hidden {}  intermediate {}  heads {} (kv {})  head_dim {}",
-        c.n_layers, c.hidden_size, c.intermediate_size, c.n_heads, c.n_kv_heads, c.head_dim
-    );
-    println!(
-        "vocab {}  context {}  rope_theta {}  rms_norm_eps {:e}  tied embeddings {}",
-        c.vocab_size, c.max_seq_len, c.rope_theta, c.rms_norm_eps, c.tie_word_embeddings
-    );
-    if let Some(s) = &c.rope_scaling {
-        println!("rope scaling: {s:?}");
+    if parts.format == microllm::source::SourceFormat::Mllm {
+        return inspect_mllm(path, &parts);
     }
-    println!("bos {:?}  eos {:?}", c.bos_token_id, c.eos_token_ids);
+    println!("model: {} ({:?})", path.display(), parts.format);
+    print_config(&parts.config);
     println!("tokenizer: {} tokens", parts.tokenizer.vocab_size());
     println!(
         "chat template: {}",
@@ -685,6 +675,84 @@ fn cmd_inspect(path: &Path) -> Result<()> {
         println!("  {n:<50} {shape:?}");
     }
     println!("parameters: {total} ({:.1} M)", total as f64 / 1e6);
+    Ok(())
+}
+
+fn print_config(c: &microllm::ModelConfig) {
+    println!("architecture: {}", c.architecture);
+    println!(
+        "layers {}  hidden {}  intermediate {}  heads {} (kv {})  head_dim {}",
+        c.n_layers, c.hidden_size, c.intermediate_size, c.n_heads, c.n_kv_heads, c.head_dim
+    );
+    println!(
+        "vocab {}  context {}  rope_theta {}  rms_norm_eps {:e}  tied embeddings {}",
+        c.vocab_size, c.max_seq_len, c.rope_theta, c.rms_norm_eps, c.tie_word_embeddings
+    );
+    if let Some(s) = &c.rope_scaling {
+        println!("rope scaling: {s:?}");
+    }
+    println!("bos {:?}  eos {:?}", c.bos_token_id, c.eos_token_ids);
+}
+
+/// A .mllm file: its metadata, tensor table with types, and bits per weight.
+fn inspect_mllm(path: &Path, parts: &microllm::source::ModelParts) -> Result<()> {
+    let file = microllm::format::MllmFile::open(path)?;
+    let meta = file.metadata();
+    println!(
+        "model: {} (.mllm format version {})",
+        path.display(),
+        file.version()
+    );
+    print_config(&meta.config);
+    println!(
+        "tokenizer: {} tokens ({:?} section)",
+        parts.tokenizer.vocab_size(),
+        meta.tokenizer.kind
+    );
+    println!(
+        "chat template: {}",
+        if meta.chat_template.is_some() {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    let q = &meta.quantization;
+    println!("quantization: {} by {}", q.default_type, q.method);
+    for (name, ty) in &q.overrides {
+        println!("  override {name}: {ty}");
+    }
+    println!("made by: {}", meta.provenance.tool);
+    for s in &meta.provenance.sources {
+        println!("  from {} ({} bytes, sha256 {})", s.name, s.bytes, s.sha256);
+    }
+    if let Some(p) = &meta.provenance.pruning {
+        println!("  pruning: {p}");
+    }
+    for l in &meta.provenance.lora {
+        println!("  LoRA {} (scale {})", l.source.name, l.scale);
+    }
+    println!("tensors ({}):", file.tensors().len());
+    let (mut params, mut bytes) = (0u64, 0u64);
+    for t in file.tensors() {
+        let shape = format!("{:?}", t.shape);
+        println!(
+            "  {:<50} {:>5} {shape:>14} {:>10} bytes at {}",
+            t.name,
+            t.ty.to_string(),
+            t.len,
+            t.offset
+        );
+        params += t.shape.iter().product::<usize>() as u64;
+        bytes += t.len as u64;
+    }
+    println!(
+        "parameters: {params} ({:.1} M), tensor data {:.1} MiB, {:.3} bits per weight; file {:.1} MiB",
+        params as f64 / 1e6,
+        bytes as f64 / (1 << 20) as f64,
+        bytes as f64 * 8.0 / params.max(1) as f64,
+        file.bytes().len() as f64 / (1 << 20) as f64
+    );
     Ok(())
 }
 

@@ -152,3 +152,91 @@ fn bad_options_are_rejected() {
     assert!(!ok);
     assert!(err.contains("top_p"), "{err}");
 }
+
+#[test]
+fn convert_inspect_and_run_a_q8_mllm() {
+    let m = gguf();
+    let dir = std::env::temp_dir().join(format!("microllm-cli-convert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("q8.mllm");
+    let (ok, stdout, err) = microllm(&[
+        "convert",
+        m.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--quant",
+        "q8",
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("8.506 bits per weight"), "{stdout}");
+    assert!(stdout.contains("rel RMSE"), "{stdout}");
+
+    let (ok, stdout, err) = microllm(&["inspect", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("quantization: q8 by microllm-mse-v1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("model.layers.29.mlp.down_proj.weight"),
+        "{stdout}"
+    );
+
+    let case = golden("plain_english");
+    let (ok, stdout, err) = microllm(&[
+        "run",
+        out.to_str().unwrap(),
+        "-p",
+        case["text"].as_str().unwrap(),
+        "-n",
+        "4",
+        "--ignore-eos",
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.starts_with(" a fox named"), "{stdout:?}");
+
+    let (ok, _, err) = microllm(&[
+        "convert",
+        m.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--quant",
+        "q3",
+    ]);
+    assert!(!ok && err.contains("unknown tensor type 'q3'"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn perplexity_json_against_itself() {
+    let m = gguf();
+    let dir = std::env::temp_dir().join(format!("microllm-cli-ppl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("t.txt");
+    std::fs::write(&text, golden("long_paragraph")["text"].as_str().unwrap()).unwrap();
+    let (ok, stdout, err) = microllm(&[
+        "perplexity",
+        m.to_str().unwrap(),
+        "-f",
+        text.to_str().unwrap(),
+        "--ctx",
+        "64",
+        "--kl-base",
+        m.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    // 310 tokens: four windows of 64, 31 scored positions each.
+    assert_eq!(v["tokens"], 4 * 31);
+    let ppl = v["ppl"].as_f64().unwrap();
+    assert!(ppl > 1.0 && ppl < 100.0, "{ppl}");
+    assert_eq!(v["base_ppl"].as_f64().unwrap(), ppl);
+    assert!(v["mean_kl"].as_f64().unwrap().abs() < 1e-9);
+    assert_eq!(v["same_top"], 1.0);
+    std::fs::remove_dir_all(dir).ok();
+}
