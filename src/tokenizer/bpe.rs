@@ -30,8 +30,10 @@ pub(crate) struct Bpe {
 /// The merges: an open-addressing hash table of (left id, right id) →
 /// (rank, merged id), linear probing, at most half full.
 ///
-/// Queried for every adjacent pair of every word; a flat array of 16-byte
-/// slots is both faster to build than a `HashMap` and faster to query.
+/// Queried for every adjacent pair of every word. Measured on SmolLM2
+/// (48,900 merges): as fast to build as a std `HashMap` with the same
+/// Fibonacci hash (~0.35 ms), and the corpus encodes ~5% faster (one probe
+/// usually reads the whole slot: key, rank and merged id).
 #[derive(Debug, Clone)]
 pub(crate) struct PairTable {
     slots: Vec<PairSlot>,

@@ -13,6 +13,9 @@
 //! Loading accepts `tokenizer.json` ([`Tokenizer::from_json_file`]) or the
 //! GGUF `tokenizer.ggml.*` metadata ([`Tokenizer::from_gguf_parts`]);
 //! anything this implementation would not reproduce exactly is an error.
+//! A built tokenizer can be saved in a binary form that loads ~30 times
+//! faster ([`Tokenizer::to_binary`], [`Tokenizer::from_binary`]; `binary`),
+//! which is what `.mllm` files hold.
 
 mod added;
 mod binary;
