@@ -21,18 +21,31 @@ fn main() -> microllm::Result<()> {
             microllm::format::TokenizerKind::GgufParts => {
                 microllm::Tokenizer::from_gguf_parts(file.tokenizer_parts()?, path)?
             }
+            microllm::format::TokenizerKind::Binary => {
+                microllm::Tokenizer::from_binary(file.tokenizer_bytes(), path)?
+            }
         };
         let tokenizer = t.elapsed();
         drop((file, tok));
         let t = Instant::now();
         let model = microllm::Model::load(path)?;
         let total = t.elapsed();
+        // The first prompt right after loading (nothing warmed up).
+        let t = Instant::now();
+        let ids = model.tokenizer().encode(
+            "<|im_start|>user\nWhat is the capital of France? Answer in one word.<|im_end|>\n\
+             <|im_start|>assistant\n",
+        );
+        let first_encode = t.elapsed();
         println!(
-            "open+validate {:.2} ms, tokenizer {:.2} ms, Model::load total {:.2} ms ({} layers)",
+            "open+validate {:.2} ms, tokenizer {:.2} ms, Model::load total {:.2} ms ({} layers), \
+             first encode {:.3} ms ({} ids)",
             open.as_secs_f64() * 1e3,
             tokenizer.as_secs_f64() * 1e3,
             total.as_secs_f64() * 1e3,
-            model.config().n_layers
+            model.config().n_layers,
+            first_encode.as_secs_f64() * 1e3,
+            ids.len()
         );
     }
     Ok(())

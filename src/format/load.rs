@@ -62,6 +62,7 @@ pub fn load(path: &Path) -> Result<ModelParts> {
     let tokenizer = match meta.tokenizer.kind {
         TokenizerKind::HfJson => Tokenizer::from_json_bytes(file.tokenizer_bytes(), path)?,
         TokenizerKind::GgufParts => Tokenizer::from_gguf_parts(file.tokenizer_parts()?, path)?,
+        TokenizerKind::Binary => Tokenizer::from_binary(file.tokenizer_bytes(), path)?,
     };
     Ok(ModelParts {
         config: meta.config,

@@ -174,9 +174,10 @@ impl<'a> MllmWriter<'a> {
             Error::Format { msg, .. } => refuse(msg),
             other => other,
         })?;
-        if self.tokenizer.is_empty() || std::str::from_utf8(&self.tokenizer).is_err() {
+        let text = self.metadata.tokenizer.kind.is_text();
+        if self.tokenizer.is_empty() || (text && std::str::from_utf8(&self.tokenizer).is_err()) {
             return Err(refuse(
-                "the tokenizer section must be non-empty UTF-8".into(),
+                "the tokenizer section must be non-empty (and UTF-8 for a JSON kind)".into(),
             ));
         }
         let metadata =

@@ -3,7 +3,6 @@
 use super::byte_level::BYTE_TO_CHAR;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 
 /// What happens to a byte whose one-character token is not in the
 /// vocabulary (never the case in a complete byte-level vocabulary).
@@ -22,36 +21,138 @@ pub(crate) struct UnknownBytes {
 #[derive(Debug, Clone)]
 pub(crate) struct Bpe {
     /// Token id of each single byte, `None` if the vocabulary lacks it.
-    byte_ids: [Option<u32>; 256],
+    pub(crate) byte_ids: [Option<u32>; 256],
     /// (left id, right id) → (rank, merged id). Lower rank merges first.
-    merges: HashMap<u64, (u32, u32), BuildHasherDefault<PairHasher>>,
-    unknown: UnknownBytes,
-    /// `ignore_merges`: a word that is itself in the vocabulary (as a
-    /// byte-alphabet string → id) is that token, without merging.
-    whole_words: Option<HashMap<String, u32>>,
+    pub(crate) merges: PairTable,
+    pub(crate) unknown: UnknownBytes,
 }
+
+/// The merges: an open-addressing hash table of (left id, right id) →
+/// (rank, merged id), linear probing, at most half full.
+///
+/// Queried for every adjacent pair of every word. Measured on SmolLM2
+/// (48,900 merges): as fast to build as a std `HashMap` with the same
+/// Fibonacci hash (~0.35 ms), and the corpus encodes ~5% faster (one probe
+/// usually reads the whole slot: key, rank and merged id).
+#[derive(Debug, Clone)]
+pub(crate) struct PairTable {
+    slots: Vec<PairSlot>,
+    mask: usize,
+    shift: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PairSlot {
+    /// `pair_key(left, right)`, `EMPTY_KEY` for a free slot.
+    key: u64,
+    rank: u32,
+    merged: u32,
+}
+
+/// Slots per pair, at least (a load factor of at most CAP_DEN / CAP_NUM).
+const CAP_NUM: usize = 2;
+const CAP_DEN: usize = 1;
+
+/// No pair has this key: ids are below `u32::MAX`.
+const EMPTY_KEY: u64 = u64::MAX;
 
 fn pair_key(left: u32, right: u32) -> u64 {
     (u64::from(left) << 32) | u64::from(right)
 }
 
-/// A fast hasher for the (u32, u32) merge keys: the table is queried for
-/// every adjacent pair of every word, and SipHash would dominate.
-#[derive(Default)]
-pub(crate) struct PairHasher(u64);
-
-impl Hasher for PairHasher {
-    fn finish(&self) -> u64 {
-        self.0
+impl PairTable {
+    /// The table of `merges`, (left id, right id, merged id) in priority
+    /// order: the rank of a merge is its index. A pair listed twice keeps
+    /// the later rank, as in the reference. Ids must be below `u32::MAX`.
+    ///
+    /// With such duplicates, the ranks are renumbered 0, 1, ... in the same
+    /// order (which merges the same way), so that the table is the one
+    /// [`PairTable::to_list`] gives back.
+    pub(crate) fn new(merges: &[(u32, u32, u32)]) -> PairTable {
+        let mut table = PairTable::with_capacity(merges.len());
+        let mut distinct = 0;
+        for (rank, &(left, right, merged)) in merges.iter().enumerate() {
+            if table.insert(left, right, rank as u32, merged) {
+                distinct += 1;
+            }
+        }
+        if distinct < merges.len() {
+            return PairTable::new(&table.to_list());
+        }
+        table
     }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+
+    /// An empty table for up to `merges` pairs.
+    pub(crate) fn with_capacity(merges: usize) -> PairTable {
+        let capacity = (merges.saturating_mul(CAP_NUM) / CAP_DEN + 1)
+            .next_power_of_two()
+            .max(16);
+        PairTable {
+            slots: vec![
+                PairSlot {
+                    key: EMPTY_KEY,
+                    rank: 0,
+                    merged: 0,
+                };
+                capacity
+            ],
+            mask: capacity - 1,
+            shift: 64 - capacity.trailing_zeros(),
         }
     }
-    fn write_u64(&mut self, n: u64) {
-        // Fibonacci hashing; the high bits (used by hashbrown) mix both ids.
-        self.0 = (n ^ (n >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+
+    /// Sets the pair's rank and merged id; true if the pair is new. At most
+    /// the `merges` given to [`PairTable::with_capacity`] distinct pairs may
+    /// be inserted.
+    pub(crate) fn insert(&mut self, left: u32, right: u32, rank: u32, merged: u32) -> bool {
+        let key = pair_key(left, right);
+        let mut slot = self.home(key);
+        loop {
+            let s = &self.slots[slot];
+            if s.key == EMPTY_KEY || s.key == key {
+                break;
+            }
+            slot = (slot + 1) & self.mask;
+        }
+        let new = self.slots[slot].key == EMPTY_KEY;
+        self.slots[slot] = PairSlot { key, rank, merged };
+        new
+    }
+
+    fn home(&self, key: u64) -> usize {
+        // Fibonacci hashing: the high bits mix both ids.
+        (((key ^ (key >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> self.shift) as usize
+            & self.mask
+    }
+
+    #[inline]
+    pub(crate) fn get(&self, left: u32, right: u32) -> Option<(u32, u32)> {
+        let key = pair_key(left, right);
+        let mut slot = self.home(key);
+        loop {
+            let s = self.slots[slot];
+            if s.key == key {
+                return Some((s.rank, s.merged));
+            }
+            if s.key == EMPTY_KEY {
+                return None;
+            }
+            slot = (slot + 1) & self.mask;
+        }
+    }
+
+    /// The merges as (left id, right id, merged id), by rank: what
+    /// [`PairTable::new`] takes to build this table again (ranks renumbered
+    /// 0, 1, ... in the same order, which merges the same way).
+    pub(crate) fn to_list(&self) -> Vec<(u32, u32, u32)> {
+        let mut list: Vec<(u32, u32, u32, u32)> = self
+            .slots
+            .iter()
+            .filter(|s| s.key != EMPTY_KEY)
+            .map(|s| (s.rank, (s.key >> 32) as u32, s.key as u32, s.merged))
+            .collect();
+        list.sort_unstable_by_key(|m| m.0);
+        list.into_iter().map(|(_, l, r, m)| (l, r, m)).collect()
     }
 }
 
@@ -80,46 +181,36 @@ impl Bpe {
     /// Builds the model from its vocabulary and merges.
     ///
     /// `vocab` maps byte-alphabet strings to ids; `merges` are (left id,
-    /// right id, merged id) in priority order. A pair listed twice keeps the
-    /// later rank, as in the reference.
+    /// right id, merged id) in priority order (see [`PairTable::new`]).
     pub(crate) fn new(
         vocab: &HashMap<String, u32>,
         merges: &[(u32, u32, u32)],
         unknown: UnknownBytes,
-        ignore_merges: bool,
     ) -> Bpe {
         let mut byte_ids = [None; 256];
         for (b, slot) in byte_ids.iter_mut().enumerate() {
             let mut buf = [0u8; 4];
             *slot = vocab.get(&*BYTE_TO_CHAR[b].encode_utf8(&mut buf)).copied();
         }
-        let mut merge_map = HashMap::with_capacity_and_hasher(merges.len(), Default::default());
-        for (rank, &(left, right, merged)) in merges.iter().enumerate() {
-            merge_map.insert(pair_key(left, right), (rank as u32, merged));
-        }
         Bpe {
             byte_ids,
-            merges: merge_map,
+            merges: PairTable::new(merges),
             unknown,
-            whole_words: ignore_merges.then(|| vocab.clone()),
         }
     }
 
+    #[inline]
     fn merge(&self, left: u32, right: u32) -> Option<(u32, u32)> {
-        self.merges.get(&pair_key(left, right)).copied()
+        self.merges.get(left, right)
     }
 
     /// Appends the token ids of one pre-tokenized word to `out`.
+    ///
+    /// (`ignore_merges`, which looks the whole word up first, is handled by
+    /// the caller, which has the vocabulary.)
     pub(crate) fn encode_word(&self, word: &[u8], out: &mut Vec<u32>, scratch: &mut BpeScratch) {
         if word.is_empty() {
             return;
-        }
-        if let Some(whole) = &self.whole_words {
-            let key = super::byte_level::bytes_to_token_string(word);
-            if let Some(&id) = whole.get(&key) {
-                out.push(id);
-                return;
-            }
         }
         if word.len() == 1 {
             if let Some(id) = self.byte_ids[word[0] as usize] {
@@ -283,7 +374,7 @@ mod tests {
         .iter()
         .map(|&(a, b)| (id(a), id(b), id(&format!("{a}{b}"))))
         .collect();
-        let bpe = Bpe::new(&vocab, &merges, UnknownBytes::default(), false);
+        let bpe = Bpe::new(&vocab, &merges, UnknownBytes::default());
         (vocab, bpe)
     }
 
@@ -338,14 +429,5 @@ mod tests {
             ..bpe
         };
         assert_eq!(encode(&fused, "uxxn"), [vocab["u"], 99, vocab["n"]]);
-    }
-
-    #[test]
-    fn ignore_merges_takes_whole_words() {
-        let (vocab, mut bpe) = tiny();
-        // "reated" is not a token, so it merges as usual; "rel" is.
-        bpe.whole_words = Some(vocab.clone());
-        assert_eq!(encode(&bpe, "rel"), [vocab["rel"]]);
-        assert_eq!(encode(&bpe, "reated"), [vocab["re"], vocab["ated"]]);
     }
 }

@@ -8,7 +8,8 @@ use super::added::{AddedToken, AddedTokens};
 use super::bpe::{Bpe, UnknownBytes};
 use super::byte_level::token_string_to_bytes;
 use super::pretokenize::{PreTokenizer, SplitPattern, SplitStep};
-use super::{Inner, TokenEntry, TokenKind, TokenizerParts};
+use super::vocab::{TokenKind, Vocab};
+use super::{Inner, TokenizerParts};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
@@ -537,15 +538,9 @@ fn build(spec: Spec) -> Result<Inner, Msg> {
     // a new one takes the next id after the vocabulary. The reference
     // assigns ids this way whatever the file says, so a different id in the
     // file means the file does not describe what the reference would load.
-    let mut entries: Vec<TokenEntry> = by_id
-        .into_iter()
-        .map(|text| TokenEntry {
-            bytes: token_string_to_bytes(&text).into_boxed_slice(),
-            text: text.into_boxed_str(),
-            kind: TokenKind::Normal,
-        })
-        .collect();
-    let mut token_ids = vocab.clone();
+    let mut kinds = vec![TokenKind::Normal; n_vocab];
+    // Contents of the added tokens not in the vocabulary, by id from n_vocab.
+    let mut new_tokens: Vec<&str> = Vec::new();
     let mut seen_added: HashMap<&str, u32> = HashMap::new();
     for token in &spec.added {
         if token.content.is_empty() {
@@ -560,7 +555,7 @@ fn build(spec: Spec) -> Result<Inner, Msg> {
         let expected = vocab
             .get(&token.content)
             .copied()
-            .unwrap_or(entries.len() as u32);
+            .unwrap_or(kinds.len() as u32);
         if token.id != expected {
             return Err(format!(
                 "added token {:?} has id {} but should have id {expected} ({})",
@@ -573,20 +568,40 @@ fn build(spec: Spec) -> Result<Inner, Msg> {
                 }
             ));
         }
-        let entry = TokenEntry {
-            text: token.content.clone().into_boxed_str(),
-            bytes: token.content.as_bytes().into(),
-            kind: if token.special {
-                TokenKind::Special
-            } else {
-                TokenKind::Added
-            },
+        let kind = if token.special {
+            TokenKind::Special
+        } else {
+            TokenKind::Added
         };
-        match entries.get_mut(token.id as usize) {
-            Some(slot) => *slot = entry,
-            None => entries.push(entry),
+        match kinds.get_mut(token.id as usize) {
+            Some(slot) => *slot = kind,
+            None => {
+                kinds.push(kind);
+                new_tokens.push(&token.content);
+            }
         }
-        token_ids.insert(token.content.clone(), token.id);
+    }
+    if kinds.len() >= u32::MAX as usize {
+        return Err(format!(
+            "{} tokens is more than 32-bit ids allow",
+            kinds.len()
+        ));
+    }
+
+    // Every id's strings: a vocabulary token decodes to the bytes its
+    // byte-alphabet string stands for, an added token to its content.
+    let text_bytes: usize = by_id.iter().map(String::len).sum::<usize>()
+        + new_tokens.iter().map(|t| t.len()).sum::<usize>();
+    let mut strings = Vocab::with_capacity(kinds.len(), text_bytes);
+    for (text, &kind) in by_id.iter().zip(&kinds) {
+        if kind == TokenKind::Normal {
+            strings.push(text, &token_string_to_bytes(text), kind)?;
+        } else {
+            strings.push(text, text.as_bytes(), kind)?;
+        }
+    }
+    for (content, &kind) in new_tokens.iter().zip(&kinds[n_vocab..]) {
+        strings.push(content, content.as_bytes(), kind)?;
     }
 
     let bpe = Bpe::new(
@@ -597,12 +612,12 @@ fn build(spec: Spec) -> Result<Inner, Msg> {
             fuse_unk: spec.fuse_unk,
             byte_fallback,
         },
-        spec.ignore_merges,
     );
     Ok(Inner {
-        entries,
-        token_ids,
+        vocab: strings,
+        n_vocab: n_vocab as u32,
         bpe,
+        ignore_merges: spec.ignore_merges,
         pre: spec.pre.unwrap_or_else(PreTokenizer::gpt2),
         added: AddedTokens::new(spec.added),
     })
