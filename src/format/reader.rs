@@ -157,7 +157,10 @@ impl MllmFile {
         if self.metadata.tokenizer.kind != TokenizerKind::GgufParts {
             return Err(Error::format(
                 &self.path,
-                "the tokenizer is a tokenizer.json, not GGUF parts",
+                format!(
+                    "the tokenizer section is {:?}, not GGUF parts",
+                    self.metadata.tokenizer.kind
+                ),
             ));
         }
         decode_tokenizer_parts(self.tokenizer_text()?)
