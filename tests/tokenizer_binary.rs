@@ -271,32 +271,7 @@ fn tokenizer_json_variants_match() {
     assert!(variants.len() >= 10);
     for variant in variants {
         let name = variant["name"].as_str().expect("name");
-        let mut tj = base.clone();
-        for (key, value) in variant["patch"].as_object().expect("patch") {
-            match key.as_str() {
-                "model" => {
-                    for (k, v) in value.as_object().expect("model patch") {
-                        tj["model"][k] = v.clone();
-                    }
-                }
-                "added_tokens_append" => {
-                    let list = tj["added_tokens"].as_array_mut().expect("added_tokens");
-                    list.extend(value.as_array().expect("tokens").iter().cloned());
-                }
-                "merges_as_pairs" => {
-                    let merges = tj["model"]["merges"].as_array().expect("merges");
-                    let pairs: Vec<Value> = merges
-                        .iter()
-                        .map(|m| {
-                            let (a, b) = m.as_str().expect("merge").split_once(' ').expect("a b");
-                            Value::from(vec![a, b])
-                        })
-                        .collect();
-                    tj["model"]["merges"] = Value::from(pairs);
-                }
-                _ => tj[key.as_str()] = value.clone(),
-            }
-        }
+        let tj = common::apply_tokenizer_variant(&base, variant);
         let bytes = serde_json::to_vec(&tj).expect("json");
         let original = Tokenizer::from_json_bytes(&bytes, Path::new(name))
             .unwrap_or_else(|e| panic!("variant {name} does not load: {e}"));

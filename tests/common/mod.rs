@@ -205,3 +205,39 @@ pub fn tiny_llama_folder(
     write_safetensors(&dir.join("model.safetensors"), &t);
     dir
 }
+
+/// A copy of a `tokenizer.json` (`base`) with one entry of
+/// `fixtures/tokenizer/variants.json` applied.
+pub fn apply_tokenizer_variant(
+    base: &serde_json::Value,
+    variant: &serde_json::Value,
+) -> serde_json::Value {
+    use serde_json::Value;
+    let mut tj = base.clone();
+    for (key, value) in variant["patch"].as_object().expect("patch") {
+        match key.as_str() {
+            "model" => {
+                for (k, v) in value.as_object().expect("model patch") {
+                    tj["model"][k] = v.clone();
+                }
+            }
+            "added_tokens_append" => {
+                let list = tj["added_tokens"].as_array_mut().expect("added_tokens");
+                list.extend(value.as_array().expect("tokens").iter().cloned());
+            }
+            "merges_as_pairs" => {
+                let merges = tj["model"]["merges"].as_array().expect("merges");
+                let pairs: Vec<Value> = merges
+                    .iter()
+                    .map(|m| {
+                        let (a, b) = m.as_str().expect("merge").split_once(' ').expect("a b");
+                        Value::from(vec![a, b])
+                    })
+                    .collect();
+                tj["model"]["merges"] = Value::from(pairs);
+            }
+            _ => tj[key.as_str()] = value.clone(),
+        }
+    }
+    tj
+}
