@@ -1,9 +1,9 @@
-//! Weights in memory: owned f32 values, owned quantized blocks, or a view
-//! into a mapped file, each with its element type.
+//! Weights in memory: owned f32 values, or a view into mapped (or aligned
+//! owned) bytes in the layout of the element type.
 
 use crate::error::{Error, Result};
 use memmap2::Mmap;
-use microllm_kernels::quant::{Planes, QuantizedWeights, TensorType, WeightsRef};
+use microllm_kernels::quant::{Planes, TensorType, WeightsRef};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -25,8 +25,6 @@ impl Backing for Mmap {
 enum Storage {
     /// f32 values converted at load time (dequantized, widened from f16/bf16).
     Owned(Vec<f32>),
-    /// Blocks quantized in memory (a recipe applied at load time).
-    Quantized(QuantizedWeights),
     /// `len` bytes at `offset` in a shared file, in the layout of the
     /// tensor's type, used in place.
     InFile {
@@ -74,23 +72,6 @@ impl Tensor {
                 data.len()
             ))),
         }
-    }
-
-    /// A tensor quantized in memory; `shape` must hold its rows and columns.
-    pub fn from_quantized(shape: Vec<usize>, q: QuantizedWeights) -> Result<Self> {
-        let (rows, cols) = rows_cols(&shape);
-        if checked_numel(&shape).is_none() || rows != q.rows() || cols != q.cols() {
-            return Err(Error::invalid(format!(
-                "a {} × {} quantized matrix does not have shape {shape:?}",
-                q.rows(),
-                q.cols()
-            )));
-        }
-        Ok(Tensor {
-            ty: q.ty(),
-            shape,
-            storage: Storage::Quantized(q),
-        })
     }
 
     /// A view of `numel(shape)` little-endian f32 values at `offset` in `map`,
@@ -202,7 +183,6 @@ impl Tensor {
         let (rows, cols) = rows_cols(&self.shape);
         let view = match &self.storage {
             Storage::Owned(v) => WeightsRef::new(rows, cols, Planes::F32(v)),
-            Storage::Quantized(q) => Ok(q.as_ref()),
             Storage::InFile {
                 backing,
                 offset,

@@ -7,8 +7,9 @@
 
 mod common;
 
+use common::{fixture, ids_of, read_json};
+
 use microllm::tokenizer::{Tokenizer, TokenizerParts};
-use serde_json::Value;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -27,25 +28,6 @@ fn model_file(relative: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn fixture(relative: &str) -> Value {
-    read_json(&repo().join("fixtures").join(relative))
-}
-
-fn ids_of(value: &Value) -> Vec<u32> {
-    value
-        .as_array()
-        .expect("ids array")
-        .iter()
-        .map(|v| v.as_u64().expect("id") as u32)
-        .collect()
 }
 
 fn json_tokenizer() -> &'static Tokenizer {

@@ -241,3 +241,25 @@ pub fn apply_tokenizer_variant(
     }
     tj
 }
+
+/// A JSON file, parsed; fails the test naming the file.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A JSON file under `fixtures/`.
+pub fn fixture(relative: &str) -> serde_json::Value {
+    read_json(&root().join("fixtures").join(relative))
+}
+
+/// A JSON array of token ids.
+pub fn ids_of(value: &serde_json::Value) -> Vec<u32> {
+    value
+        .as_array()
+        .expect("ids array")
+        .iter()
+        .map(|v| v.as_u64().expect("id") as u32)
+        .collect()
+}
