@@ -36,7 +36,7 @@ pub mod tokenizer;
 pub use chat::{ChatTemplate, Message};
 pub use config::ModelConfig;
 pub use error::{Error, Result};
-pub use model::{KvCache, Logits, Model};
+pub use model::{KvCache, LinearHook, Logits, Model, Proj};
 pub use perplexity::{perplexity, PerplexityReport};
 pub use sampler::{Sampler, SamplerConfig};
 pub use session::{Control, FinishReason, GenerateOptions, Generation, Session, TokenEvent};

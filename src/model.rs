@@ -172,6 +172,86 @@ impl KvCache {
     }
 }
 
+/// The seven linear layers of a transformer block, by their Hugging Face
+/// names (`model.layers.{l}.{name}.weight`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proj {
+    /// `self_attn.q_proj`: (q_dim, dim)
+    Q,
+    /// `self_attn.k_proj`: (kv_dim, dim)
+    K,
+    /// `self_attn.v_proj`: (kv_dim, dim)
+    V,
+    /// `self_attn.o_proj`: (dim, q_dim)
+    O,
+    /// `mlp.gate_proj`: (hidden, dim)
+    Gate,
+    /// `mlp.up_proj`: (hidden, dim)
+    Up,
+    /// `mlp.down_proj`: (dim, hidden)
+    Down,
+}
+
+impl Proj {
+    /// All seven, in the order the forward pass runs them.
+    pub const ALL: [Proj; 7] = [
+        Proj::Q,
+        Proj::K,
+        Proj::V,
+        Proj::O,
+        Proj::Gate,
+        Proj::Up,
+        Proj::Down,
+    ];
+
+    /// The module path inside a layer, as Hugging Face names it.
+    pub const fn hf_name(self) -> &'static str {
+        match self {
+            Proj::Q => "self_attn.q_proj",
+            Proj::K => "self_attn.k_proj",
+            Proj::V => "self_attn.v_proj",
+            Proj::O => "self_attn.o_proj",
+            Proj::Gate => "mlp.gate_proj",
+            Proj::Up => "mlp.up_proj",
+            Proj::Down => "mlp.down_proj",
+        }
+    }
+
+    /// The short module name ("q_proj", "down_proj").
+    pub fn short_name(self) -> &'static str {
+        let full = self.hf_name();
+        &full[full.find('.').map_or(0, |i| i + 1)..]
+    }
+
+    /// The full tensor name of this projection in layer `layer`.
+    pub fn tensor_name(self, layer: usize) -> String {
+        format!("model.layers.{layer}.{}.weight", self.hf_name())
+    }
+}
+
+impl LayerWeights {
+    /// The weight of one projection.
+    pub fn proj(&self, p: Proj) -> &Tensor {
+        match p {
+            Proj::Q => &self.wq,
+            Proj::K => &self.wk,
+            Proj::V => &self.wv,
+            Proj::O => &self.wo,
+            Proj::Gate => &self.w_gate,
+            Proj::Up => &self.w_up,
+            Proj::Down => &self.w_down,
+        }
+    }
+}
+
+/// Sees every linear layer's product during a forward pass and may add to
+/// it: LoRA adapters applied unmerged, activation statistics for pruning.
+pub trait LinearHook: Sync {
+    /// Called right after `out (n, rows) = x (n, cols) · Wᵀ` for projection
+    /// `proj` of layer `layer`; `x` is the projection's input.
+    fn linear(&self, layer: usize, proj: Proj, x: &[f32], n: usize, out: &mut [f32]);
+}
+
 /// Which positions of a forward call to compute logits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
@@ -323,6 +403,17 @@ impl Model {
     /// `cache`, appends their keys and values to it, and returns logits:
     /// `(vocab)` for [`Logits::Last`], `(n, vocab)` for [`Logits::All`].
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
+        self.forward_with(tokens, cache, which, None)
+    }
+
+    /// [`Model::forward`] with a hook called after every linear layer.
+    pub fn forward_with(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        which: Logits,
+        hook: Option<&dyn LinearHook>,
+    ) -> Result<Vec<f32>> {
         let cfg = &self.config;
         let n = tokens.len();
         if n == 0 {
@@ -377,9 +468,9 @@ impl Model {
         for (l, lw) in w.layers.iter().enumerate() {
             // Attention block: x += wo · attention(rope(wq · norm(x)), cache).
             rmsnorm_rows(&mut xb, &x, lw.attn_norm.data(), cfg.rms_norm_eps, dim);
-            lw.wq.weights().matmul(&mut q, &xb, n);
-            lw.wk.weights().matmul(&mut kk, &xb, n);
-            lw.wv.weights().matmul(&mut vv, &xb, n);
+            linear(l, lw, Proj::Q, &mut q, &xb, n, hook);
+            linear(l, lw, Proj::K, &mut kk, &xb, n, hook);
+            linear(l, lw, Proj::V, &mut vv, &xb, n, hook);
             for t in 0..n {
                 let (c, s) = (
                     &cos[t * half..(t + 1) * half],
@@ -391,15 +482,15 @@ impl Model {
             cache.k[l].extend_from_slice(&kk);
             cache.v[l].extend_from_slice(&vv);
             attention(&mut att, &q, &cache.k[l], &cache.v[l], pos0, cfg);
-            lw.wo.weights().matmul(&mut proj, &att, n);
+            linear(l, lw, Proj::O, &mut proj, &att, n, hook);
             k::add_inplace(&mut x, &proj);
 
             // MLP block: x += w_down · (silu(w_gate · norm(x)) * (w_up · norm(x))).
             rmsnorm_rows(&mut xb, &x, lw.ffn_norm.data(), cfg.rms_norm_eps, dim);
-            lw.w_gate.weights().matmul(&mut gate, &xb, n);
-            lw.w_up.weights().matmul(&mut up, &xb, n);
+            linear(l, lw, Proj::Gate, &mut gate, &xb, n, hook);
+            linear(l, lw, Proj::Up, &mut up, &xb, n, hook);
             k::silu_mul(&mut gate, &up);
-            lw.w_down.weights().matmul(&mut proj, &gate, n);
+            linear(l, lw, Proj::Down, &mut proj, &gate, n, hook);
             k::add_inplace(&mut x, &proj);
         }
         cache.len += n;
@@ -423,6 +514,22 @@ impl Model {
         let mut logits = vec![0.0f32; m * vocab];
         head.matmul(&mut logits, &normed, m);
         Ok(logits)
+    }
+}
+
+/// `out (n, rows) = x (n, cols) · Wᵀ` for one projection, then the hook.
+fn linear(
+    layer: usize,
+    lw: &LayerWeights,
+    p: Proj,
+    out: &mut [f32],
+    x: &[f32],
+    n: usize,
+    hook: Option<&dyn LinearHook>,
+) {
+    lw.proj(p).weights().matmul(out, x, n);
+    if let Some(h) = hook {
+        h.linear(layer, p, x, n, out);
     }
 }
 
