@@ -88,6 +88,9 @@ pub type MatmulQ8Fn =
 pub type MatmulF32Fn =
     fn(w: &WeightsRef<'_>, rows: Range<usize>, x: &[f32], n: usize, out: &mut [f32]);
 
+/// Quantizes whole blocks of activations to int8 (see [`Kernels::quantize_q8`]).
+pub type QuantizeQ8Fn = fn(x: &[f32], quants: &mut [BlockQ8], scales: &mut [f32], sums: &mut [i32]);
+
 /// The kernels of one tier.
 #[derive(Clone, Copy)]
 pub struct Kernels {
@@ -97,7 +100,7 @@ pub struct Kernels {
     /// `d = max|x| / 127`, `q = round_ties_even(x / d)`, and the sum of q.
     /// The scalar twin is [`crate::quant::quantize_q8_blocks`]; every tier
     /// gives bit-identical results.
-    pub quantize_q8: fn(x: &[f32], quants: &mut [BlockQ8], scales: &mut [f32], sums: &mut [i32]),
+    pub quantize_q8: QuantizeQ8Fn,
     /// q8 weights × int8 activations.
     pub matmul_q8_q8: MatmulQ8Fn,
     /// q4 weights × int8 activations.
