@@ -11,9 +11,10 @@ use crate::error::{Error, Result};
 use crate::source::{self, GenerationDefaults, ModelParts, SourceFormat, TensorSource};
 use crate::tensor::Tensor;
 use crate::tokenizer::Tokenizer;
+use microllm_kernels::dispatch::{self, Kernels};
 use microllm_kernels::f32 as k;
-use microllm_kernels::quant::TensorType;
-use rayon::prelude::*;
+use microllm_kernels::pool;
+use microllm_kernels::quant::{Q8Activations, TensorType, WeightsRef};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -261,6 +262,35 @@ pub enum Logits {
     All,
 }
 
+/// How the inputs of quantized matrix products are represented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activations {
+    /// f32, as the reference: quantized weights are dequantized inside the
+    /// product. The quality figures of `docs/quantization.md` are for this.
+    #[default]
+    F32,
+    /// int8 per block of 32 (as llama.cpp does): integer products, faster
+    /// on prompts, at a small cost in accuracy (see `docs/performance.md`).
+    Int8,
+}
+
+impl Activations {
+    /// The name the CLI takes ("f32", "int8").
+    pub fn name(self) -> &'static str {
+        match self {
+            Activations::F32 => "f32",
+            Activations::Int8 => "int8",
+        }
+    }
+
+    /// The mode with this name.
+    pub fn from_name(name: &str) -> Option<Activations> {
+        [Activations::F32, Activations::Int8]
+            .into_iter()
+            .find(|a| a.name() == name)
+    }
+}
+
 /// A loaded model: weights, tokenizer and chat template. Share it between
 /// sessions with an `Arc`.
 pub struct Model {
@@ -274,6 +304,7 @@ pub struct Model {
     path: PathBuf,
     format: SourceFormat,
     load_time: Duration,
+    activations: Activations,
 }
 
 impl std::fmt::Debug for Model {
@@ -350,6 +381,7 @@ impl Model {
             path,
             format,
             load_time: start.elapsed(),
+            activations: Activations::default(),
         })
     }
 
@@ -386,6 +418,16 @@ impl Model {
     /// The kind of file it was loaded from.
     pub fn format(&self) -> SourceFormat {
         self.format
+    }
+
+    /// How the inputs of quantized matrix products are represented.
+    pub fn activations(&self) -> Activations {
+        self.activations
+    }
+
+    /// Chooses the representation of quantized products' inputs.
+    pub fn set_activations(&mut self, a: Activations) {
+        self.activations = a;
     }
 
     /// Wall time `load` took.
@@ -435,6 +477,10 @@ impl Model {
         let (dim, hidden, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
         let w = &self.weights;
+        let kern = dispatch::kernels();
+        // The int8 form of the current projection input, when asked for.
+        let int8 = self.activations == Activations::Int8;
+        let mut xq = Q8Activations::quantize(&[], 0, 0);
 
         // x: (n, dim), the residual stream, starts as the token embeddings.
         let emb = w.token_embedding.weights();
@@ -468,9 +514,10 @@ impl Model {
         for (l, lw) in w.layers.iter().enumerate() {
             // Attention block: x += wo · attention(rope(wq · norm(x)), cache).
             rmsnorm_rows(&mut xb, &x, lw.attn_norm.data(), cfg.rms_norm_eps, dim);
-            linear(l, lw, Proj::Q, &mut q, &xb, n, hook);
-            linear(l, lw, Proj::K, &mut kk, &xb, n, hook);
-            linear(l, lw, Proj::V, &mut vv, &xb, n, hook);
+            let xin = Input::new(&xb, int8_form(&mut xq, int8, kern, &xb, n, dim));
+            linear(l, lw, Proj::Q, &mut q, xin, n, hook);
+            linear(l, lw, Proj::K, &mut kk, xin, n, hook);
+            linear(l, lw, Proj::V, &mut vv, xin, n, hook);
             for t in 0..n {
                 let (c, s) = (
                     &cos[t * half..(t + 1) * half],
@@ -481,16 +528,19 @@ impl Model {
             }
             cache.k[l].extend_from_slice(&kk);
             cache.v[l].extend_from_slice(&vv);
-            attention(&mut att, &q, &cache.k[l], &cache.v[l], pos0, cfg);
-            linear(l, lw, Proj::O, &mut proj, &att, n, hook);
+            attention(&mut att, &q, &cache.k[l], &cache.v[l], pos0, cfg, kern);
+            let ain = Input::new(&att, int8_form(&mut xq, int8, kern, &att, n, q_dim));
+            linear(l, lw, Proj::O, &mut proj, ain, n, hook);
             k::add_inplace(&mut x, &proj);
 
             // MLP block: x += w_down · (silu(w_gate · norm(x)) * (w_up · norm(x))).
             rmsnorm_rows(&mut xb, &x, lw.ffn_norm.data(), cfg.rms_norm_eps, dim);
-            linear(l, lw, Proj::Gate, &mut gate, &xb, n, hook);
-            linear(l, lw, Proj::Up, &mut up, &xb, n, hook);
+            let xin = Input::new(&xb, int8_form(&mut xq, int8, kern, &xb, n, dim));
+            linear(l, lw, Proj::Gate, &mut gate, xin, n, hook);
+            linear(l, lw, Proj::Up, &mut up, xin, n, hook);
             k::silu_mul(&mut gate, &up);
-            linear(l, lw, Proj::Down, &mut proj, &gate, n, hook);
+            let gin = Input::new(&gate, int8_form(&mut xq, int8, kern, &gate, n, hidden));
+            linear(l, lw, Proj::Down, &mut proj, gin, n, hook);
             k::add_inplace(&mut x, &proj);
         }
         cache.len += n;
@@ -512,7 +562,8 @@ impl Model {
             dim,
         );
         let mut logits = vec![0.0f32; m * vocab];
-        head.matmul(&mut logits, &normed, m);
+        let hin = Input::new(&normed, int8_form(&mut xq, int8, kern, &normed, m, dim));
+        hin.matmul(&head, &mut logits, m);
         Ok(logits)
     }
 }
@@ -523,13 +574,52 @@ fn linear(
     lw: &LayerWeights,
     p: Proj,
     out: &mut [f32],
-    x: &[f32],
+    x: Input<'_>,
     n: usize,
     hook: Option<&dyn LinearHook>,
 ) {
-    lw.proj(p).weights().matmul(out, x, n);
+    x.matmul(&lw.proj(p).weights(), out, n);
     if let Some(h) = hook {
-        h.linear(layer, p, x, n, out);
+        h.linear(layer, p, x.f32, n, out);
+    }
+}
+
+/// `x (n, cols)` quantized into `buf` when `int8`, else nothing.
+fn int8_form<'b>(
+    buf: &'b mut Q8Activations,
+    int8: bool,
+    kern: &Kernels,
+    x: &[f32],
+    n: usize,
+    cols: usize,
+) -> Option<&'b Q8Activations> {
+    if !int8 || cols % microllm_kernels::quant::QK != 0 {
+        return None;
+    }
+    buf.requantize_with(kern, x, n, cols);
+    Some(buf)
+}
+
+/// A projection's input: f32 rows, and their int8 form when the model runs
+/// on int8 activations.
+#[derive(Clone, Copy)]
+struct Input<'a> {
+    f32: &'a [f32],
+    q8: Option<&'a Q8Activations>,
+}
+
+impl<'a> Input<'a> {
+    fn new(f32: &'a [f32], q8: Option<&'a Q8Activations>) -> Input<'a> {
+        Input { f32, q8 }
+    }
+
+    /// `out (n, rows) = x (n, cols) · Wᵀ`, on the int8 form when there is
+    /// one and the weights are quantized.
+    fn matmul(&self, w: &WeightsRef<'_>, out: &mut [f32], n: usize) {
+        match self.q8 {
+            Some(a) if w.ty().is_quantized() => w.matmul_q8(out, a),
+            _ => w.matmul(out, self.f32, n),
+        }
     }
 }
 
@@ -551,31 +641,25 @@ fn attention(
     v_cache: &[f32],
     pos0: usize,
     cfg: &ModelConfig,
+    kern: &Kernels,
 ) {
     let (hd, q_dim, kv_dim) = (cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
     let group = cfg.n_heads / cfg.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     // One task per (token, head): each owns one head_dim slice of `out`.
-    out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+    pool::global().for_chunks(out, hd, &|i, o| {
         let (t, h) = (i / cfg.n_heads, i % cfg.n_heads);
         let kvh = h / group;
         let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
         let n_ctx = pos0 + t + 1;
+        let span = |p: usize| p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd;
         let mut scores: Vec<f32> = (0..n_ctx)
-            .map(|p| {
-                k::dot(
-                    qh,
-                    &k_cache[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd],
-                ) * scale
-            })
+            .map(|p| (kern.dot)(qh, &k_cache[span(p)]) * scale)
             .collect();
         k::softmax(&mut scores);
         o.fill(0.0);
         for (p, &a) in scores.iter().enumerate() {
-            let vh = &v_cache[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-            for (oi, &vi) in o.iter_mut().zip(vh) {
-                *oi += a * vi;
-            }
+            (kern.axpy)(o, a, &v_cache[span(p)]);
         }
     });
 }

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 pub const SPIN: Duration = Duration::from_millis(2);
 
 /// The job of one [`Pool::run`] call: a borrowed closure with its lifetime
-/// erased. It is only dereferenced between the epoch bump that publishes it
-/// and the `pending` count reaching zero, while `run` keeps the closure alive.
+/// erased. Only workers that joined the job dereference it, and `run`
+/// waits for them before the closure goes out of scope.
 #[derive(Clone, Copy)]
 struct Job {
     f: *const (dyn Fn(usize) + Sync),
@@ -39,8 +39,12 @@ struct Shared {
     job: UnsafeCell<Job>,
     /// Next task index to hand out.
     next: AtomicUsize,
-    /// Workers that have not yet finished the current job.
-    pending: AtomicUsize,
+    /// Workers that joined the current job, plus [`CLOSED`] once the caller
+    /// has finished its share: a worker arriving after that stays out, so
+    /// a worker the OS has not scheduled yet never holds the caller up.
+    joined: AtomicUsize,
+    /// Workers that joined and have finished the current job.
+    done: AtomicUsize,
     /// Workers parked on `wake`.
     sleeping: AtomicUsize,
     lock: Mutex<()>,
@@ -49,11 +53,15 @@ struct Shared {
     shutdown: AtomicBool,
 }
 
+/// Set in `joined` when the job takes no more workers.
+const CLOSED: usize = 1 << (usize::BITS - 1);
+
 // SAFETY: `job` is written by the single thread holding `Pool::busy` before
-// it publishes the job with a Release bump of `epoch`, and read by workers
-// only after an Acquire load sees that bump; it is not written again until
-// every worker has decremented `pending` (Release, read with Acquire). The
-// closure it points to is `Sync`.
+// it publishes the job with a Release bump of `epoch`, and read by a worker
+// only after it has joined that job (`joined` without CLOSED, AcqRel); the
+// caller closes the job and waits until every joined worker has counted
+// itself in `done` (Release, read with Acquire) before it returns or writes
+// `job` again. The closure it points to is `Sync`.
 unsafe impl Sync for Shared {}
 // SAFETY: as above; the raw pointer is only a borrowed `Sync` closure.
 unsafe impl Send for Shared {}
@@ -89,7 +97,8 @@ impl Pool {
                 n_tasks: 0,
             }),
             next: AtomicUsize::new(0),
-            pending: AtomicUsize::new(0),
+            joined: AtomicUsize::new(CLOSED),
+            done: AtomicUsize::new(0),
             sleeping: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
@@ -136,10 +145,10 @@ impl Pool {
             }
         };
         let s = &*self.shared;
-        // SAFETY: we hold `busy`, and the previous job ended with `pending`
-        // at zero, so no worker reads `job` now (see `unsafe impl Sync`).
-        // The pointer's lifetime is erased; it is dereferenced only before
-        // this function returns (we wait for `pending == 0` below).
+        // SAFETY: we hold `busy`, and the previous job was closed with every
+        // joined worker done, so no worker reads `job` now (see `unsafe impl
+        // Sync`). The pointer's lifetime is erased; it is dereferenced only
+        // by workers that joined, and we wait for them below.
         unsafe {
             let f: *const (dyn Fn(usize) + Sync + '_) = f;
             *s.job.get() = Job {
@@ -151,15 +160,26 @@ impl Pool {
             };
         }
         s.next.store(0, Ordering::Relaxed);
-        s.pending.store(self.workers.len(), Ordering::Relaxed);
+        s.done.store(0, Ordering::Relaxed);
+        s.joined.store(0, Ordering::Release);
         s.epoch.fetch_add(1, Ordering::SeqCst);
         if s.sleeping.load(Ordering::SeqCst) > 0 {
             let _l = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
         let mine = catch_unwind(AssertUnwindSafe(|| take_tasks(s, f, n_tasks)));
-        while s.pending.load(Ordering::Acquire) != 0 {
-            std::hint::spin_loop();
+        // Every task has been taken: close the job to latecomers and wait
+        // for the workers that are still in it.
+        let joined = s.joined.fetch_or(CLOSED, Ordering::AcqRel) & !CLOSED;
+        let mut spins = 0u32;
+        while s.done.load(Ordering::Acquire) != joined {
+            spins = spins.wrapping_add(1);
+            if spins % 64 == 0 {
+                // A joined worker was descheduled: let it run.
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
         drop(guard);
         let theirs = s.panicked.swap(false, Ordering::Relaxed);
@@ -244,7 +264,8 @@ fn take_tasks(s: &Shared, f: &(dyn Fn(usize) + Sync), n_tasks: usize) {
 fn worker(s: &Shared) {
     let mut seen = 0u64;
     loop {
-        // Wait for a new epoch: spin, then park.
+        // Wait for a new epoch: spin (yielding now and then, in case the
+        // cores are oversubscribed), then park.
         let start = Instant::now();
         let mut spins = 0u32;
         loop {
@@ -252,30 +273,41 @@ fn worker(s: &Shared) {
                 break;
             }
             spins = spins.wrapping_add(1);
-            if spins % 256 == 0 && start.elapsed() > SPIN {
-                let mut l = s.lock.lock().unwrap_or_else(|e| e.into_inner());
-                s.sleeping.fetch_add(1, Ordering::SeqCst);
-                while s.epoch.load(Ordering::SeqCst) == seen {
-                    l = s.wake.wait(l).unwrap_or_else(|e| e.into_inner());
+            if spins % 128 == 0 {
+                if start.elapsed() > SPIN {
+                    let mut l = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+                    s.sleeping.fetch_add(1, Ordering::SeqCst);
+                    while s.epoch.load(Ordering::SeqCst) == seen {
+                        l = s.wake.wait(l).unwrap_or_else(|e| e.into_inner());
+                    }
+                    s.sleeping.fetch_sub(1, Ordering::SeqCst);
+                    break;
                 }
-                s.sleeping.fetch_sub(1, Ordering::SeqCst);
-                break;
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
             }
-            std::hint::spin_loop();
         }
         seen = s.epoch.load(Ordering::Acquire);
         if s.shutdown.load(Ordering::SeqCst) {
             return;
         }
-        // SAFETY: the Acquire load of the new epoch orders this read after
-        // `run` wrote the job; `run` keeps the closure alive until we
-        // decrement `pending` below.
+        // Join the job unless the caller has already closed it (it may
+        // even have started a newer job: then `joined` belongs to that one
+        // and this worker takes part in it, which is just as good).
+        if s.joined.fetch_add(1, Ordering::AcqRel) & CLOSED != 0 {
+            continue;
+        }
+        seen = s.epoch.load(Ordering::Acquire);
+        // SAFETY: we joined an open job, so `run` published it (the AcqRel
+        // on `joined` orders this read after its write) and keeps the
+        // closure alive until we count ourselves in `done`.
         let job = unsafe { *s.job.get() };
         let f = unsafe { &*job.f };
         if catch_unwind(AssertUnwindSafe(|| take_tasks(s, f, job.n_tasks))).is_err() {
             s.panicked.store(true, Ordering::Relaxed);
         }
-        s.pending.fetch_sub(1, Ordering::Release);
+        s.done.fetch_add(1, Ordering::Release);
     }
 }
 

@@ -5,17 +5,17 @@
 //!
 //! Bounds:
 //! - `quantize_q8`: bit-identical (same rounding, same operations).
-//! - int8 matrix kernels: the per-block integer sums are exact on every
-//!   tier; only the f32 sum of per-block terms is reordered, so
-//!   `|y − y_scalar| ≤ 1e-5 · Σ_b |d_w·d_x·isum_b|` (bounded below by
-//!   `Σ|ŵ·x̂|`, which is what the test computes) plus a tiny absolute term.
-//! - f32 kernels: `|y − y_scalar| ≤ 1e-5 · Σ|w·x|`.
+//! - matrix kernels: the per-block integer sums of the int8 kernels are
+//!   exact on every tier; what differs is the order of f32 sums, so
+//!   `|y − y_scalar| ≤ 1e-5 · S` plus a tiny absolute term, where `S` is
+//!   `Σ|ŵ·x|` summed over the terms a kernel may legitimately form before
+//!   they cancel (see `abs_dot`: for q4m, `d·n·x` and `m·x` separately).
 
 use half::f16;
 use microllm_kernels::dispatch::{Isa, Kernels, SCALAR};
 use microllm_kernels::pool::Pool;
 use microllm_kernels::quant::{
-    BlockQ8, Q8Activations, QuantizedWeights, TensorType, WeightsRef, QK,
+    BlockQ8, Planes, Q8Activations, QuantizedWeights, TensorType, WeightsRef, QK,
 };
 use proptest::prelude::*;
 
@@ -119,11 +119,38 @@ fn quantize_q8_is_bit_identical_on_every_tier() {
     }
 }
 
-/// `Σ|ŵ·x̂|` for row `r`, token `t`: the scale of the rounding bound.
-fn abs_dot(wd: &[f32], xd: &[f32], cols: usize, r: usize, t: usize) -> f64 {
-    (0..cols)
-        .map(|c| (wd[r * cols + c] as f64 * xd[t * cols + c] as f64).abs())
-        .sum()
+/// The scale of the rounding bound for row `r`, token `t`: `Σ|ŵ·x|` for
+/// f32, f16 and q8; for the nibble types the sum over the terms a kernel
+/// may form before cancelling, `|d|·(n + 8)·|x|` (q4, where `ŵ = d·(n − 8)`
+/// may be computed as `d·n − 8d`) and `(|d|·n + |m|)·|x|` (q4m, where
+/// `ŵ = d·n + m` is two terms that can cancel).
+fn abs_dot(w: &WeightsRef<'_>, wd: &[f32], xd: &[f32], r: usize, t: usize) -> f64 {
+    let cols = w.cols();
+    let x = &xd[t * cols..(t + 1) * cols];
+    let nb = cols / QK;
+    match w.planes() {
+        Planes::Q4 { quants, scales } => (0..cols)
+            .map(|c| {
+                let b = r * nb + c / QK;
+                let nib = quants[b].get(c % QK) as f64;
+                scales[b].to_f64().abs() * (nib + 8.0) * (x[c] as f64).abs()
+            })
+            .sum(),
+        Planes::Q4m {
+            quants,
+            scales,
+            mins,
+        } => (0..cols)
+            .map(|c| {
+                let b = r * nb + c / QK;
+                let nib = quants[b].get(c % QK) as f64;
+                (scales[b].to_f64().abs() * nib + mins[b].to_f64().abs()) * (x[c] as f64).abs()
+            })
+            .sum(),
+        _ => (0..cols)
+            .map(|c| (wd[r * cols + c] as f64 * x[c] as f64).abs())
+            .sum(),
+    }
 }
 
 fn check_matmuls(
@@ -144,7 +171,7 @@ fn check_matmuls(
         (k.matmul_f32)(w, r0..r1, x, n, &mut got);
         for i in 0..m * n {
             let (r, t) = (r0 + i / n, i % n);
-            let bound = 1e-5 * abs_dot(&wd, x, cols, r, t) + 1e-30;
+            let bound = 1e-5 * abs_dot(w, &wd, x, r, t) + 1e-30;
             prop_assert!(
                 ((got[i] - want[i]) as f64).abs() <= bound,
                 "{} {} f32: r {r} t {t}: {} vs {}",
@@ -162,7 +189,7 @@ fn check_matmuls(
             f(w, r0..r1, &a, &mut got);
             for i in 0..m * n {
                 let (r, t) = (r0 + i / n, i % n);
-                let bound = 1e-5 * abs_dot(&wd, &xd, cols, r, t) + 1e-30;
+                let bound = 1e-5 * abs_dot(w, &wd, &xd, r, t) + 1e-30;
                 prop_assert!(
                     ((got[i] - want[i]) as f64).abs() <= bound,
                     "{} {} int8: r {r} t {t}: {} vs {}",
@@ -217,9 +244,9 @@ proptest! {
         let x = values(seed ^ 7, n * cols, false);
         let h: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
         let wr = if half {
-            WeightsRef::new(rows, cols, microllm_kernels::quant::Planes::F16(&h)).unwrap()
+            WeightsRef::new(rows, cols, Planes::F16(&h)).unwrap()
         } else {
-            WeightsRef::new(rows, cols, microllm_kernels::quant::Planes::F32(&w)).unwrap()
+            WeightsRef::new(rows, cols, Planes::F32(&w)).unwrap()
         };
         check_matmuls(&wr, &x, n, 0, rows)?;
     }

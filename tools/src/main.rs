@@ -19,6 +19,10 @@ struct Cli {
     /// Worker threads (default: one per core).
     #[arg(long, short = 't', global = true)]
     threads: Option<usize>,
+    /// Inputs of quantized matrix products: f32 (reference accuracy) or
+    /// int8 (faster prompt processing, slightly less accurate).
+    #[arg(long, global = true, default_value = "f32", value_parser = ["f32", "int8"])]
+    act: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -244,7 +248,13 @@ fn run_cli(cli: Cli) -> Result<()> {
             .num_threads(n)
             .build_global()
             .context("setting up threads")?;
+        microllm::pool::set_threads(n);
     }
+    let act = microllm::Activations::from_name(&cli.act)
+        .with_context(|| format!("--act {}: use f32 or int8", cli.act))?;
+    let _ = ACTIVATIONS.set(act);
+    // A bad MICROLLM_ISA is an error here rather than a silent fallback.
+    microllm::dispatch::init().map_err(|e| anyhow::anyhow!("{e}"))?;
     match cli.command {
         Command::Run(a) => cmd_run(a),
         Command::Chat(a) => cmd_chat(a),
@@ -264,8 +274,12 @@ fn run_cli(cli: Cli) -> Result<()> {
     }
 }
 
+/// The `--act` choice, applied by [`load`].
+static ACTIVATIONS: std::sync::OnceLock<microllm::Activations> = std::sync::OnceLock::new();
+
 fn load(path: &Path) -> Result<Arc<Model>> {
-    let model = Model::load(path)?;
+    let mut model = Model::load(path)?;
+    model.set_activations(ACTIVATIONS.get().copied().unwrap_or_default());
     Ok(Arc::new(model))
 }
 
@@ -445,7 +459,8 @@ fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
     if a.reps == 0 {
         bail!("--reps must be at least 1");
     }
-    let threads = threads.unwrap_or_else(rayon::current_num_threads);
+    let threads = threads.unwrap_or_else(|| microllm::pool::global().threads());
+    let isa = microllm::dispatch::kernels().isa;
     let start = std::time::Instant::now();
     let model = load(&a.model)?;
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -494,7 +509,7 @@ fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
     for (test, (median, min, max), ttft_ms) in &rows {
         if a.json {
             let v = serde_json::json!({
-                "test": test, "threads": threads, "tok_s": median, "tok_s_min": min, "tok_s_max": max,
+                "test": test, "threads": threads, "isa": isa.name(), "act": model.activations().name(), "tok_s": median, "tok_s_min": min, "tok_s_max": max,
                 "reps": a.reps, "time_to_first_token_ms": ttft_ms, "load_ms": load_ms,
                 "peak_rss_bytes": rss, "model": a.model.display().to_string(),
             });
@@ -503,7 +518,7 @@ fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
             let ttft = ttft_ms
                 .map(|t| format!("  first token {t:.1} ms"))
                 .unwrap_or_default();
-            println!("{test:>6}  {threads} threads  {median:8.1} tok/s  (min {min:.1}, max {max:.1}){ttft}");
+            println!("{test:>6}  {threads} threads  {isa:<6}  {median:8.1} tok/s  (min {min:.1}, max {max:.1}){ttft}");
         }
     }
     if !a.json {
