@@ -392,8 +392,7 @@ pub(crate) fn matmul_f32(
         return;
     }
     match w.planes() {
-        Planes::F32(v) => dense_rows(v.as_ptr() as *const u8, false, cols, rows, x, n, out),
-        Planes::F16(v) => dense_rows(v.as_ptr() as *const u8, true, cols, rows, x, n, out),
+        Planes::F32(_) | Planes::F16(_) => dense_rows(w, rows, x, n, out),
         _ => {
             let (kind, quants, scales, mins) = quant_planes(w).expect("quantized planes");
             let p = TilePlanes {
@@ -533,15 +532,14 @@ unsafe fn deq_row<const K: u8, const T: usize>(
 
 /// f32 or f16 weights: tiles of four rows × two tokens, eight columns per
 /// step (two accumulators per (row, token)), then four, then a scalar tail.
-fn dense_rows(
-    w: *const u8,
-    half: bool,
-    cols: usize,
-    rows: Range<usize>,
-    x: &[f32],
-    n: usize,
-    out: &mut [f32],
-) {
+fn dense_rows(wr: &WeightsRef<'_>, rows: Range<usize>, x: &[f32], n: usize, out: &mut [f32]) {
+    let cols = wr.cols();
+    let (w, half) = match wr.planes() {
+        Planes::F32(v) => (v.as_ptr() as *const u8, false),
+        Planes::F16(v) => (v.as_ptr() as *const u8, true),
+        _ => unreachable!("dense_rows: quantized weights"),
+    };
+    assert!(rows.end <= wr.rows() && x.len() == n * cols && out.len() == rows.len() * n);
     let mut r = rows.start;
     while r < rows.end {
         let tile_rows = (rows.end - r).min(ROWS);
