@@ -1,6 +1,6 @@
 //! aarch64 kernels (NEON with the dot-product extension), reached only
-//! through [`NEON`], which [`crate::dispatch`] hands out after checking
-//! the CPU.
+//! through the crate-private table `NEON`, which [`crate::dispatch`] hands
+//! out after checking the CPU.
 
 use crate::dispatch::{Isa, Kernels};
 

@@ -20,6 +20,22 @@
 //!
 //! Both helpers are `#[inline(always)]` and are only called from functions
 //! compiled with `neon,dotprod`, so the assembler accepts `sdot` there.
+//!
+//! Kernels:
+//! - int8 matmuls (q8, q4, q4m weights): tiles of four weight rows × up to
+//!   four tokens, so each activation block load serves four rows and each
+//!   decoded weight block up to four tokens; `sdot` per 16 bytes, the four
+//!   rows' i32 sums folded with `addp` into one vector (lane = row), one f32
+//!   multiply and add per block and token. Bit-identical to the scalar
+//!   twins (same per-block products and block order).
+//! - f32 activations: q8/q4 blocks decoded to f32 once per row and used by
+//!   up to four tokens (FMAs, one scale per block); q4m replicates its
+//!   scalar twin exactly (see `deq_row`); f32/f16 weights in tiles of four
+//!   rows × two tokens with tails of 4 and 1 columns.
+//! - `quantize_q8` bit-identical to its twin; `dot`/`axpy` with FMAs.
+//!
+//! Not used: `smmla` (i8mm), which would roughly double the int8 product
+//! rate for n > 1 on cores that have it (Neoverse V1/N2, Apple M2+).
 
 use crate::quant::{Planes, Q8Activations, Q8Row, WeightsRef, QK};
 use half::f16;
@@ -203,7 +219,8 @@ pub(crate) fn matmul_q4m_q8(
     matmul_int8(w, rows, x, out, Q4M);
 }
 
-/// Checks the shapes, then tiles `rows` by four weight rows × two tokens.
+/// Checks the shapes, then tiles `rows` by four weight rows × four, two
+/// or one token(s).
 fn matmul_int8(
     w: &WeightsRef<'_>,
     rows: Range<usize>,
