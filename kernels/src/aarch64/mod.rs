@@ -1,10 +1,12 @@
 //! aarch64 kernels (NEON with the dot-product extension), reached only
-//! through [`NEON`], which [`crate::dispatch`] hands out after checking
-//! the CPU.
+//! through the crate-private table `NEON`, which [`crate::dispatch`] hands
+//! out after checking the CPU.
 
-use crate::dispatch::{Isa, Kernels, SCALAR};
+use crate::dispatch::{Isa, Kernels};
 
-pub mod neon;
+// Private: the kernels assume the features `neon_available` checks, so
+// they are reachable only through the table below.
+mod neon;
 
 /// NEON (always present on aarch64) and the `sdot`/`udot` dot-product
 /// extension (Armv8.2 and later: Cortex-A55/A76, Apple M1, Raspberry Pi 5).
@@ -13,8 +15,16 @@ pub fn neon_available() -> bool {
         && std::arch::is_aarch64_feature_detected!("dotprod")
 }
 
-/// The NEON tier.
-pub static NEON: Kernels = Kernels {
+/// The NEON tier. Crate-private: its entries are safe functions that run
+/// `neon,dotprod` code, so only [`crate::dispatch`] hands the table out,
+/// and only after [`neon_available`] returned true.
+pub(crate) static NEON: Kernels = Kernels {
     isa: Isa::Neon,
-    ..SCALAR
+    quantize_q8: neon::quantize_q8,
+    matmul_q8_q8: neon::matmul_q8_q8,
+    matmul_q4_q8: neon::matmul_q4_q8,
+    matmul_q4m_q8: neon::matmul_q4m_q8,
+    matmul_f32: neon::matmul_f32,
+    dot: neon::dot,
+    axpy: neon::axpy,
 };
