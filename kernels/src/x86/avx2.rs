@@ -113,32 +113,34 @@ unsafe fn net4(z: [__m256i; 4]) -> [__m256i; 4] {
 /// 8 q8 blocks (256 bytes at `p`) in the transposed layout.
 #[inline(always)]
 unsafe fn transpose_q8(p: *const u8) -> [__m256i; 8] {
-    let ld =
-        |o: usize| _mm256_loadu2_m128i(p.add(o + 32) as *const __m128i, p.add(o) as *const __m128i);
-    let lo = net4([ld(0), ld(64), ld(128), ld(192)]);
-    let hi = net4([ld(16), ld(80), ld(144), ld(208)]);
+    let lo = net4([ld2(p, 0), ld2(p, 64), ld2(p, 128), ld2(p, 192)]);
+    let hi = net4([ld2(p, 16), ld2(p, 80), ld2(p, 144), ld2(p, 208)]);
     [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]]
+}
+
+/// 16 bytes at `p + o` (low lane) and at `p + o + 32` (high lane).
+#[inline(always)]
+unsafe fn ld2(p: *const u8, o: usize) -> __m256i {
+    _mm256_loadu2_m128i(p.add(o + 32) as *const __m128i, p.add(o) as *const __m128i)
 }
 
 /// 8 q4 blocks (128 bytes at `p`) in the transposed layout, as unsigned
 /// nibbles.
 #[inline(always)]
 unsafe fn transpose_q4(p: *const u8) -> [__m256i; 8] {
-    let ld = |o: usize| _mm256_loadu_si256(p.add(o) as *const __m256i);
-    let v = net4([ld(0), ld(32), ld(64), ld(96)]);
+    let v = net4([
+        _mm256_loadu_si256(p as *const __m256i),
+        _mm256_loadu_si256(p.add(32) as *const __m256i),
+        _mm256_loadu_si256(p.add(64) as *const __m256i),
+        _mm256_loadu_si256(p.add(96) as *const __m256i),
+    ]);
     let m = _mm256_set1_epi8(0x0F);
-    let lo = |x: __m256i| _mm256_and_si256(x, m);
-    let hi = |x: __m256i| _mm256_and_si256(_mm256_srli_epi16(x, 4), m);
-    [
-        lo(v[0]),
-        lo(v[1]),
-        lo(v[2]),
-        lo(v[3]),
-        hi(v[0]),
-        hi(v[1]),
-        hi(v[2]),
-        hi(v[3]),
-    ]
+    let mut out = [m; 8];
+    for k in 0..4 {
+        out[k] = _mm256_and_si256(v[k], m);
+        out[k + 4] = _mm256_and_si256(_mm256_srli_epi16(v[k], 4), m);
+    }
+    out
 }
 
 /// 8 f16 values at `p` as f32 in the order `P`.
@@ -455,7 +457,10 @@ unsafe fn int8_tile<const K: u8, D: IntDot, const R: usize, const T: usize>(
             }
         }
         for k in 0..8 {
-            let a: [__m256i; T] = std::array::from_fn(|t| *qa.add(((t0 + t) * ng + g) * 8 + k));
+            let mut a = [_mm256_setzero_si256(); T];
+            for t in 0..T {
+                a[t] = *qa.add(((t0 + t) * ng + g) * 8 + k);
+            }
             for r in 0..R {
                 let wv = *wq.add((r * ng + g) * 8 + k);
                 for t in 0..T {
@@ -494,7 +499,10 @@ unsafe fn f32_tile<const R: usize, const T: usize>(
     let c8 = cols / 8 * 8;
     let mut c = 0;
     while c < c8 {
-        let a: [__m256; T] = std::array::from_fn(|t| _mm256_loadu_ps(x[t].add(c)));
+        let mut a = [_mm256_setzero_ps(); T];
+        for t in 0..T {
+            a[t] = _mm256_loadu_ps(x[t].add(c));
+        }
         for r in 0..R {
             let wv = _mm256_loadu_ps(w[r].add(c));
             for t in 0..T {
@@ -622,13 +630,30 @@ unsafe fn nibbles_minus(p: *const u8, off: i8) -> [__m256; 4] {
     let o = _mm_set1_epi8(off);
     let lo = _mm_sub_epi8(_mm_and_si128(b, m), o);
     let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), o);
-    let f = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
     [
-        f(lo),
-        f(_mm_srli_si128(lo, 8)),
-        f(hi),
-        f(_mm_srli_si128(hi, 8)),
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)),
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))),
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)),
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))),
     ]
+}
+
+/// 8 f32 at `x + c`.
+#[inline(always)]
+unsafe fn ldx(x: *const f32, c: usize) -> __m256 {
+    _mm256_loadu_ps(x.add(c))
+}
+
+/// 8 int8 at `p` as f32.
+#[inline(always)]
+unsafe fn i8x8(p: *const u8) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+}
+
+/// The f16 at `p` as f32 (F16C).
+#[inline(always)]
+unsafe fn h2f(p: *const u16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(*p as i32)))
 }
 
 /// One row of quantized or f16 weights dotted with one f32 vector,
@@ -637,7 +662,6 @@ unsafe fn nibbles_minus(p: *const u8, off: i8) -> [__m256; 4] {
 unsafe fn row_dot(w: &WeightsRef<'_>, r: usize, x: *const f32) -> f32 {
     let cols = w.cols();
     let nb = cols / QK;
-    let ld = |c: usize| _mm256_loadu_ps(x.add(c));
     match w.planes() {
         Planes::F32(v) => f32_tile::<1, 1>([v.as_ptr().add(r * cols)], [x], cols)[0][0],
         Planes::F16(v) => {
@@ -648,8 +672,8 @@ unsafe fn row_dot(w: &WeightsRef<'_>, r: usize, x: *const f32) -> f32 {
             while c < c16 {
                 let h0 = _mm256_cvtph_ps(_mm_loadu_si128(s.add(c) as *const __m128i));
                 let h1 = _mm256_cvtph_ps(_mm_loadu_si128(s.add(c + 8) as *const __m128i));
-                a0 = _mm256_fmadd_ps(h0, ld(c), a0);
-                a1 = _mm256_fmadd_ps(h1, ld(c + 8), a1);
+                a0 = _mm256_fmadd_ps(h0, ldx(x, c), a0);
+                a1 = _mm256_fmadd_ps(h1, ldx(x, c + 8), a1);
                 c += 16;
             }
             let mut sum = hsum(_mm256_add_ps(a0, a1));
@@ -663,15 +687,19 @@ unsafe fn row_dot(w: &WeightsRef<'_>, r: usize, x: *const f32) -> f32 {
             let s = scales.as_ptr().add(r * nb);
             let mut tot = _mm256_setzero_ps();
             for b in 0..nb {
-                let i = |j: usize| {
-                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                        q.add(b * 32 + j * 8) as *const __m128i
-                    )))
-                };
-                let xb = b * 32;
-                let a0 = _mm256_fmadd_ps(i(1), ld(xb + 8), _mm256_mul_ps(i(0), ld(xb)));
-                let a1 = _mm256_fmadd_ps(i(3), ld(xb + 24), _mm256_mul_ps(i(2), ld(xb + 16)));
-                let d = _mm256_set1_ps((*s.add(b)).to_f32());
+                let qb = q.add(b * 32);
+                let xb = x.add(b * 32);
+                let a0 = _mm256_fmadd_ps(
+                    i8x8(qb.add(8)),
+                    ldx(xb, 8),
+                    _mm256_mul_ps(i8x8(qb), ldx(xb, 0)),
+                );
+                let a1 = _mm256_fmadd_ps(
+                    i8x8(qb.add(24)),
+                    ldx(xb, 24),
+                    _mm256_mul_ps(i8x8(qb.add(16)), ldx(xb, 16)),
+                );
+                let d = _mm256_set1_ps(h2f(s.add(b) as *const u16));
                 tot = _mm256_fmadd_ps(d, _mm256_add_ps(a0, a1), tot);
             }
             hsum(tot)
@@ -682,10 +710,10 @@ unsafe fn row_dot(w: &WeightsRef<'_>, r: usize, x: *const f32) -> f32 {
             let mut tot = _mm256_setzero_ps();
             for b in 0..nb {
                 let v = nibbles_minus(q.add(b * 16), 8);
-                let xb = b * 32;
-                let a0 = _mm256_fmadd_ps(v[1], ld(xb + 8), _mm256_mul_ps(v[0], ld(xb)));
-                let a1 = _mm256_fmadd_ps(v[3], ld(xb + 24), _mm256_mul_ps(v[2], ld(xb + 16)));
-                let d = _mm256_set1_ps((*s.add(b)).to_f32());
+                let xb = x.add(b * 32);
+                let a0 = _mm256_fmadd_ps(v[1], ldx(xb, 8), _mm256_mul_ps(v[0], ldx(xb, 0)));
+                let a1 = _mm256_fmadd_ps(v[3], ldx(xb, 24), _mm256_mul_ps(v[2], ldx(xb, 16)));
+                let d = _mm256_set1_ps(h2f(s.add(b) as *const u16));
                 tot = _mm256_fmadd_ps(d, _mm256_add_ps(a0, a1), tot);
             }
             hsum(tot)
@@ -791,32 +819,40 @@ pub(crate) unsafe fn matmul_f32<const R: usize, const T: usize>(
 /// `(x[l]·n[l] + x[l+16]·n[l+16]) + (x[l+8]·n[l+8] + x[l+24]·n[l+24])`.
 #[inline(always)]
 unsafe fn block_xn(v: [__m256; 4], x: *const f32) -> __m256 {
-    let xs: [__m256; 4] = std::array::from_fn(|j| _mm256_loadu_ps(x.add(8 * j)));
     _mm256_add_ps(
-        _mm256_add_ps(_mm256_mul_ps(v[0], xs[0]), _mm256_mul_ps(v[2], xs[2])),
-        _mm256_add_ps(_mm256_mul_ps(v[1], xs[1]), _mm256_mul_ps(v[3], xs[3])),
+        _mm256_add_ps(
+            _mm256_mul_ps(v[0], ldx(x, 0)),
+            _mm256_mul_ps(v[2], ldx(x, 16)),
+        ),
+        _mm256_add_ps(
+            _mm256_mul_ps(v[1], ldx(x, 8)),
+            _mm256_mul_ps(v[3], ldx(x, 24)),
+        ),
     )
 }
 
 /// `Σ x` of one block in the scalar q4m order.
 #[inline(always)]
 unsafe fn block_xs(x: *const f32) -> __m256 {
-    let xs: [__m256; 4] = std::array::from_fn(|j| _mm256_loadu_ps(x.add(8 * j)));
-    _mm256_add_ps(_mm256_add_ps(xs[0], xs[2]), _mm256_add_ps(xs[1], xs[3]))
+    _mm256_add_ps(
+        _mm256_add_ps(ldx(x, 0), ldx(x, 16)),
+        _mm256_add_ps(ldx(x, 8), ldx(x, 24)),
+    )
 }
 
 /// The scalar `sum8` of each of 8 vectors (its exact order:
 /// `((a0+a4)+(a1+a5)) + ((a2+a6)+(a3+a7))`), lane `j` holding vector `P[j]`.
 #[inline(always)]
 unsafe fn sum8x8(a: [__m256; 8]) -> __m256 {
-    let c = |i: usize| {
-        _mm256_add_ps(
-            _mm256_permute2f128_ps(a[i], a[i + 1], 0x20),
-            _mm256_permute2f128_ps(a[i], a[i + 1], 0x31),
-        )
-    };
-    let h0 = _mm256_hadd_ps(c(0), c(2));
-    let h1 = _mm256_hadd_ps(c(4), c(6));
+    let mut c = [_mm256_setzero_ps(); 4];
+    for i in 0..4 {
+        c[i] = _mm256_add_ps(
+            _mm256_permute2f128_ps(a[2 * i], a[2 * i + 1], 0x20),
+            _mm256_permute2f128_ps(a[2 * i], a[2 * i + 1], 0x31),
+        );
+    }
+    let h0 = _mm256_hadd_ps(c[0], c[1]);
+    let h1 = _mm256_hadd_ps(c[2], c[3]);
     _mm256_hadd_ps(h0, h1)
 }
 
@@ -836,13 +872,10 @@ unsafe fn q4m_f32(w: QPlanes, rows: Range<usize>, x: &[f32], n: usize, out: &mut
     for t in 0..n {
         for g in 0..ng {
             let cnt = (nb - g * 8).min(8);
-            let a = std::array::from_fn(|i| {
-                if i < cnt {
-                    block_xs(xp.add(t * cols + (g * 8 + i) * QK))
-                } else {
-                    z
-                }
-            });
+            let mut a = [z; 8];
+            for i in 0..cnt {
+                a[i] = block_xs(xp.add(t * cols + (g * 8 + i) * QK));
+            }
             xsum.push(sum8x8(a));
         }
     }
@@ -858,19 +891,16 @@ unsafe fn q4m_f32(w: QPlanes, rows: Range<usize>, x: &[f32], n: usize, out: &mut
             let mut tot = z;
             for g in 0..ng {
                 let cnt = (nb - g * 8).min(8);
-                let a = std::array::from_fn(|k| {
+                let mut a = [z; 8];
+                for k in 0..cnt {
                     let b = g * 8 + k;
-                    if k >= cnt {
-                        z
+                    let v = if n > 1 {
+                        nbuf[b]
                     } else {
-                        let v = if n > 1 {
-                            nbuf[b]
-                        } else {
-                            nibbles_minus(q.add(b * 16), 0)
-                        };
-                        block_xn(v, xp.add(t * cols + b * QK))
-                    }
-                });
+                        nibbles_minus(q.add(b * 16), 0)
+                    };
+                    a[k] = block_xn(v, xp.add(t * cols + b * QK));
+                }
                 let sxn = sum8x8(a);
                 let (d, m) = if cnt == 8 {
                     (
@@ -981,7 +1011,10 @@ pub(crate) unsafe fn quantize_q8(
             _mm256_loadu_ps(p.add(16)),
             _mm256_loadu_ps(p.add(24)),
         ];
-        let a = v.map(|e| _mm256_and_ps(e, absm));
+        let mut a = v;
+        for e in &mut a {
+            *e = _mm256_and_ps(*e, absm);
+        }
         // NaN or ±inf anywhere: (|v| < inf) is false.
         let fin = _mm256_and_ps(
             _mm256_and_ps(
@@ -1006,12 +1039,13 @@ pub(crate) unsafe fn quantize_q8(
         let d = amax / 127.0;
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
         let idv = _mm256_set1_ps(id);
-        let qi = v.map(|e| {
+        let mut qi = [_mm256_setzero_si256(); 4];
+        for (o, &e) in qi.iter_mut().zip(&v) {
             let f = _mm256_mul_ps(e, idv);
             // 0·inf (a subnormal scale) is NaN, which `as i8` maps to 0.
             let f = _mm256_and_ps(f, _mm256_cmp_ps(f, f, _CMP_ORD_Q));
-            _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(f, lo), hi))
-        });
+            *o = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(f, lo), hi));
+        }
         let tot = _mm256_add_epi32(
             _mm256_add_epi32(qi[0], qi[1]),
             _mm256_add_epi32(qi[2], qi[3]),
