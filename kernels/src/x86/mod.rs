@@ -2,14 +2,18 @@
 //! `#[target_feature]` set and only reached through the tables below,
 //! which [`crate::dispatch`] hands out after checking the CPU.
 
-use crate::dispatch::{Isa, Kernels, SCALAR};
+use crate::dispatch::{Isa, Kernels};
 
 pub mod avx2;
+// The AVX-512 intrinsics are stable since Rust 1.89 (the workspace says 1.80).
+#[clippy::msrv = "1.89"]
 pub mod avx512;
 
-/// AVX2 and FMA (Haswell and later, Zen 1 and later).
+/// AVX2, FMA and F16C (Haswell and later, Zen 1 and later).
 pub fn avx2_available() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
 }
 
 /// AVX-512 F/BW/VL with VNNI (Ice Lake and later, Zen 4 and later), on
@@ -25,11 +29,23 @@ pub fn avx512_available() -> bool {
 /// The AVX2 tier.
 pub static AVX2: Kernels = Kernels {
     isa: Isa::Avx2,
-    ..SCALAR
+    quantize_q8: avx2::quantize,
+    matmul_q8_q8: avx2::matmul_q8_q8,
+    matmul_q4_q8: avx2::matmul_q4_q8,
+    matmul_q4m_q8: avx2::matmul_q4m_q8,
+    matmul_f32: avx2::matmul_f32_entry,
+    dot: avx2::dot,
+    axpy: avx2::axpy,
 };
 
 /// The AVX-512 (VNNI) tier.
 pub static AVX512: Kernels = Kernels {
     isa: Isa::Avx512,
-    ..AVX2
+    quantize_q8: avx512::quantize,
+    matmul_q8_q8: avx512::matmul_q8_q8,
+    matmul_q4_q8: avx512::matmul_q4_q8,
+    matmul_q4m_q8: avx512::matmul_q4m_q8,
+    matmul_f32: avx512::matmul_f32_entry,
+    dot: avx512::dot,
+    axpy: avx512::axpy,
 };
