@@ -103,8 +103,8 @@ def make(name, cfg, seed, key_infix="", dtype=np.float32):
         r = pattern_value(cfg["rank_pattern"], mod, cfg["r"])
         alpha = pattern_value(cfg["alpha_pattern"], mod, cfg["lora_alpha"])
         scale = alpha / math.sqrt(r) if cfg["use_rslora"] else alpha / r
-        a = (rng.standard_normal((r, inp)) * 0.3).astype(dtype)
-        b = (rng.standard_normal((out, r)) * 0.3).astype(dtype)
+        a = (rng.standard_normal((r, inp)) * 0.15).astype(dtype)
+        b = (rng.standard_normal((out, r)) * 0.15).astype(dtype)
         prefix = f"base_model.model.{mod}"
         tensors[f"{prefix}.lora_A{key_infix}.weight"] = a
         tensors[f"{prefix}.lora_B{key_infix}.weight"] = b
