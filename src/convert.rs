@@ -71,6 +71,18 @@ pub fn recipe(
     r
 }
 
+/// A tensor of type `ty` over a private, aligned copy of `bytes` (in the
+/// layout a file holds), as [`quantize_tensor`] makes them.
+pub(crate) fn tensor_from_bytes(ty: TensorType, shape: Vec<usize>, bytes: &[u8]) -> Result<Tensor> {
+    Tensor::in_file(
+        Arc::new(OwnedBytes::new(bytes)),
+        ty,
+        0,
+        shape,
+        Path::new("<memory>"),
+    )
+}
+
 /// `f32` values stored as `ty`: the bytes a file would hold, and the same
 /// bytes as a tensor the kernels can run on.
 pub fn quantize_tensor(t: &Tensor, ty: TensorType) -> Result<(Tensor, Vec<u8>)> {

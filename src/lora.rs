@@ -231,23 +231,46 @@ impl LoraModule {
         &self.b
     }
 
+    /// `row += scale · (B·A)[r]`: row `r` of the delta.
+    fn add_delta_row(&self, r: usize, row: &mut [f32], scale: f32) {
+        let (rank, cols) = (self.rank, self.in_features);
+        for (j, &b) in self.b[r * rank..(r + 1) * rank].iter().enumerate() {
+            let c = scale * b;
+            if c != 0.0 {
+                axpy(row, c, &self.a[j * cols..(j + 1) * cols]);
+            }
+        }
+    }
+
     /// `values (out, in) += scale · B·A`, in parallel over rows.
     pub fn add_delta(&self, values: &mut [f32], scale: f32) {
-        let (r, cols) = (self.rank, self.in_features);
         values
-            .par_chunks_exact_mut(cols)
-            .zip(self.b.par_chunks_exact(r))
-            .for_each(|(row, b_row)| {
-                for (j, &b) in b_row.iter().enumerate() {
-                    let c = scale * b;
-                    if c != 0.0 {
-                        for (w, &a) in row.iter_mut().zip(&self.a[j * cols..(j + 1) * cols]) {
-                            *w += c * a;
-                        }
-                    }
-                }
-            });
+            .par_chunks_exact_mut(self.in_features)
+            .enumerate()
+            .for_each(|(r, row)| self.add_delta_row(r, row, scale));
     }
+}
+
+/// `y += c · x`. The same sums everywhere (a multiply, then an add: never
+/// fused), eight lanes wide where the CPU has AVX.
+fn axpy(y: &mut [f32], c: f32, x: &[f32]) {
+    fn plain(y: &mut [f32], c: f32, x: &[f32]) {
+        for (w, &a) in y.iter_mut().zip(x) {
+            *w += c * a;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx")]
+        unsafe fn avx(y: &mut [f32], c: f32, x: &[f32]) {
+            plain(y, c, x)
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the CPU has AVX (checked just above).
+            return unsafe { avx(y, c, x) };
+        }
+    }
+    plain(y, c, x)
 }
 
 /// A PEFT LoRA adapter read into memory (f32): its config and one
@@ -494,12 +517,14 @@ impl LoraAdapter {
             };
             let out_features = match b_shape[..] {
                 [o, r] if r == rank => o,
-                _ => return Err(bad(
-                    &b_key,
-                    format!(
+                _ => {
+                    return Err(bad(
+                        &b_key,
+                        format!(
                         "shape {b_shape:?} is not (out, r) with r = {rank} from lora_A {a_shape:?}"
                     ),
-                )),
+                    ))
+                }
             };
             if rank == 0 {
                 return Err(bad(&a_key, "rank 0 (r must be at least 1)".into()));
@@ -933,8 +958,111 @@ impl LinearHook for LoraSet {
     }
 }
 
+/// Rows handed to one rayon task when merging into a q8 tensor.
+const MERGE_ROWS: usize = 16;
+
+/// Round half away from zero (`f32::round`) for `|y| < 2^23`, without the
+/// libm call that keeps `round` from vectorising: truncation is exact and
+/// so is `y - trunc(y)`.
+#[inline]
+fn round_half_away(y: f32) -> f32 {
+    let t = y as i32 as f32;
+    let f = y - t;
+    if f >= 0.5 {
+        t + 1.0
+    } else if f <= -0.5 {
+        t - 1.0
+    } else {
+        t
+    }
+}
+
+/// One row into q8 blocks, byte for byte what
+/// `microllm_kernels::quant::q8::quantize_row` writes (d = max|x|/127 in
+/// f16, bumped one step if rounding left max|x|/d above 127.5; q = round(x/d)),
+/// a few times faster. `false` when a block's scale leaves the f16 range or a
+/// value is not finite.
+fn q8_row(x: &[f32], quants: &mut [u8], scales: &mut [half::f16]) -> bool {
+    use half::f16;
+    for ((xb, q), s) in x
+        .chunks_exact(32)
+        .zip(quants.chunks_exact_mut(32))
+        .zip(scales)
+    {
+        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        if !amax.is_finite() || xb.iter().any(|v| v.is_nan()) {
+            return false;
+        }
+        let d = if amax == 0.0 {
+            f16::ZERO
+        } else {
+            let mut d = f16::from_f32(amax / 127.0);
+            if d.is_finite() && amax / d.to_f32() > 127.5 {
+                d = f16::from_bits(d.to_bits() + 1);
+            }
+            if !d.is_finite() {
+                return false;
+            }
+            d
+        };
+        let df = d.to_f32();
+        for (qi, &v) in q.iter_mut().zip(xb) {
+            *qi = if df == 0.0 {
+                0
+            } else {
+                round_half_away(v / df).clamp(-127.0, 127.0) as i8 as u8
+            };
+        }
+        *s = d;
+    }
+    true
+}
+
+/// [`merged_copy`] for a q8 tensor, one row at a time (dequantize, add the
+/// deltas, quantize) so that no f32 copy of the matrix is ever made.
+fn merged_q8(t: &Tensor, deltas: &[(&LoraModule, f32)], name: &str) -> Result<Tensor> {
+    let w = t.weights();
+    let (rows, cols) = (w.rows(), w.cols());
+    let nb = cols / 32;
+    let mut bytes = vec![0u8; rows * cols + rows * nb * 2];
+    let (quants, scale_bytes) = bytes.split_at_mut(rows * cols);
+    let mut scales = vec![half::f16::ZERO; rows * nb];
+    let bad_row = quants
+        .par_chunks_mut(MERGE_ROWS * cols)
+        .zip(scales.par_chunks_mut(MERGE_ROWS * nb))
+        .enumerate()
+        .map(|(c, (q, s))| {
+            let mut row = vec![0.0f32; cols];
+            for (i, (qr, sr)) in q.chunks_mut(cols).zip(s.chunks_mut(nb)).enumerate() {
+                let r = c * MERGE_ROWS + i;
+                w.dequantize_row(r, &mut row);
+                for (m, sc) in deltas {
+                    m.add_delta_row(r, &mut row, *sc);
+                }
+                if !q8_row(&row, qr, sr) {
+                    return Some(r);
+                }
+            }
+            None
+        })
+        .find_any(|r| r.is_some())
+        .flatten();
+    if let Some(r) = bad_row {
+        return Err(Error::invalid(format!(
+            "merging LoRA into '{name}': row {r} is out of the q8 range (not finite or too large)"
+        )));
+    }
+    for (dst, s) in scale_bytes.chunks_exact_mut(2).zip(&scales) {
+        dst.copy_from_slice(&s.to_le_bytes());
+    }
+    crate::convert::tensor_from_bytes(TensorType::Q8, t.shape().to_vec(), &bytes)
+}
+
 /// A private copy of `t` with `Σ scale · B·A` added, in `t`'s own type.
 fn merged_copy(t: &Tensor, deltas: &[(&LoraModule, f32)], name: &str) -> Result<Tensor> {
+    if t.ty() == TensorType::Q8 {
+        return merged_q8(t, deltas, name);
+    }
     let w = t.weights();
     let mut values = w.dequantize();
     for (m, s) in deltas {
@@ -991,6 +1119,54 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_q8_rows_are_the_kernels_bytes() {
+        use microllm_kernels::quant::encode;
+        let cols = 128;
+        let mut x: Vec<f32> = (0..cols * 6)
+            .map(|i| ((i as f32 * 0.7368).sin() * 3.1) * (1.0 + (i % 7) as f32))
+            .collect();
+        // Ties at ±k.5 steps, zeros, a zero block, tiny (subnormal-scale) and huge blocks.
+        for (i, v) in x[..32].iter_mut().enumerate() {
+            *v = (i as f32 - 16.0) * 0.5 * (127.0 / 16.0) / 127.0 * 2.0;
+        }
+        for v in &mut x[32..64] {
+            *v = 0.0;
+        }
+        for (i, v) in x[64..96].iter_mut().enumerate() {
+            *v = (i as f32 - 10.0) * 1e-7;
+        }
+        for (i, v) in x[96..128].iter_mut().enumerate() {
+            *v = (i as f32 - 3.0) * 250.0;
+        }
+        for (i, v) in x[128..256].iter_mut().enumerate() {
+            *v = (i as f32 - 64.0) + 0.5;
+        }
+        let rows = x.len() / cols;
+        let want = encode(TensorType::Q8, &x, rows, cols).unwrap();
+        let nb = cols / 32;
+        let mut q = vec![0u8; rows * cols];
+        let mut s = vec![half::f16::ZERO; rows * nb];
+        for r in 0..rows {
+            assert!(q8_row(
+                &x[r * cols..(r + 1) * cols],
+                &mut q[r * cols..(r + 1) * cols],
+                &mut s[r * nb..(r + 1) * nb]
+            ));
+        }
+        let mut got = q;
+        for v in &s {
+            got.extend_from_slice(&v.to_le_bytes());
+        }
+        assert_eq!(got, want);
+        let mut bad = x[..32].to_vec();
+        bad[3] = f32::NAN;
+        assert!(!q8_row(&bad, &mut [0u8; 32], &mut [half::f16::ZERO]));
+        for y in [0.5f32, -0.5, 1.5, -2.5, 0.49999997, 126.5, -127.49, 3.0] {
+            assert_eq!(round_half_away(y), y.round(), "{y}");
+        }
+    }
 
     #[test]
     fn lora_arg_splits_on_last_colon_only_before_a_number() {

@@ -3,7 +3,8 @@
 //! Everything here goes through the `microllm` library's public API.
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use microllm::lora::{LoraAdapter, LoraSet};
 use microllm::{source, Control, GenerateOptions, Logits, Message, Model, SamplerConfig, Session};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -115,6 +116,89 @@ impl SamplingArgs {
     }
 }
 
+/// How `--lora` adapters are applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LoraMode {
+    /// Added into private copies of the targeted weights at load (in their
+    /// own type): decoding runs at the base model's speed.
+    Merged,
+    /// Kept apart and added to each projection's product at run time, in f32.
+    Unmerged,
+}
+
+#[derive(Args)]
+struct LoraArgs {
+    /// LoRA adapter (a Hugging Face PEFT folder) to apply, optionally with a
+    /// scale (default 1): DIR or DIR:SCALE. Repeatable; the deltas add up.
+    #[arg(long = "lora", value_name = "DIR[:SCALE]")]
+    lora: Vec<String>,
+    /// How to apply the adapters.
+    #[arg(long, value_enum, default_value_t = LoraMode::Merged)]
+    lora_mode: LoraMode,
+}
+
+/// Reads every `DIR[:SCALE]`, printing one line per adapter to stderr.
+fn read_adapters(args: &[String]) -> Result<Vec<(LoraAdapter, f32)>> {
+    let mut out = Vec::new();
+    for arg in args {
+        let (dir, scale) = microllm::lora::parse_lora_arg(arg)?;
+        let a = LoraAdapter::load(&dir)?;
+        let c = a.config();
+        eprintln!(
+            "lora: {} (r {}, alpha {}{}, {} projections, {:.2} MiB) at scale {scale}{}",
+            dir.display(),
+            c.r,
+            c.lora_alpha,
+            if c.use_rslora { ", rslora" } else { "" },
+            a.modules().len(),
+            a.bytes() as f64 / (1 << 20) as f64,
+            a.base_model()
+                .map(|b| format!(", trained on {b}"))
+                .unwrap_or_default()
+        );
+        out.push((a, scale));
+    }
+    Ok(out)
+}
+
+/// Loads the model with the `--lora` adapters: merged into it, or in a set
+/// to apply unmerged (empty when merged or without adapters).
+fn load_with_lora(path: &Path, l: &LoraArgs) -> Result<(Arc<Model>, LoraSet)> {
+    let model = Model::load(path)?;
+    let adapters = read_adapters(&l.lora)?;
+    let mut set = LoraSet::new();
+    if adapters.is_empty() {
+        return Ok((Arc::new(model), set));
+    }
+    match l.lora_mode {
+        LoraMode::Merged => {
+            let before = model.load_time();
+            let pairs: Vec<(&LoraAdapter, f32)> = adapters.iter().map(|(a, s)| (a, *s)).collect();
+            let model = model.with_lora_merged(&pairs)?;
+            eprintln!(
+                "lora: merged in {:.0} ms (model loaded in {:.0} ms)",
+                (model.load_time() - before).as_secs_f64() * 1e3,
+                before.as_secs_f64() * 1e3
+            );
+            Ok((Arc::new(model), set))
+        }
+        LoraMode::Unmerged => {
+            for (a, s) in adapters {
+                set.attach(Arc::new(a), s, model.config())?;
+            }
+            Ok((Arc::new(model), set))
+        }
+    }
+}
+
+/// A session with the unmerged adapters of `set` attached.
+fn attach_all(mut session: Session, set: &LoraSet) -> Result<Session> {
+    for (a, s) in set.adapters() {
+        session.attach_lora(a.clone(), *s)?;
+    }
+    Ok(session)
+}
+
 #[derive(Args)]
 struct RunArgs {
     /// Model: a Hugging Face folder or a .gguf file.
@@ -133,6 +217,8 @@ struct RunArgs {
     verbose: bool,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    lora: LoraArgs,
 }
 
 #[derive(Args)]
@@ -144,6 +230,8 @@ struct ChatArgs {
     system: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    lora: LoraArgs,
 }
 
 #[derive(Args)]
@@ -162,6 +250,8 @@ struct LogitsArgs {
     /// Write logits for every position, shape (n, vocab), not just the last (vocab).
     #[arg(long)]
     all_positions: bool,
+    #[command(flatten)]
+    lora: LoraArgs,
 }
 
 #[derive(Args)]
@@ -184,6 +274,10 @@ struct ConvertArgs {
     /// Print every tensor in the closing table, not only a summary per kind.
     #[arg(long)]
     verbose: bool,
+    /// LoRA adapter (PEFT folder) to bake in, as DIR or DIR:SCALE
+    /// (repeatable); recorded in the file's provenance.
+    #[arg(long = "lora", value_name = "DIR[:SCALE]")]
+    lora: Vec<String>,
 }
 
 fn tensor_type(s: &str) -> Result<microllm::format::TensorType> {
@@ -207,6 +301,9 @@ struct PerplexityArgs {
     /// Print one JSON object: ppl, base_ppl, mean_kl, same_top, tokens.
     #[arg(long)]
     json: bool,
+    /// Adapters for MODEL (not for --kl-base, so that the KL measures them).
+    #[command(flatten)]
+    lora: LoraArgs,
 }
 
 #[derive(Args)]
@@ -225,6 +322,8 @@ struct BenchArgs {
     /// One JSON object per test on its own line.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    lora: LoraArgs,
 }
 
 fn main() {
@@ -270,9 +369,9 @@ fn load(path: &Path) -> Result<Arc<Model>> {
 }
 
 fn cmd_run(a: RunArgs) -> Result<()> {
-    let model = load(&a.model)?;
+    let (model, lora) = load_with_lora(&a.model, &a.lora)?;
     let opts = a.sampling.options();
-    let mut session = a.sampling.session(model.clone());
+    let mut session = attach_all(a.sampling.session(model.clone()), &lora)?;
     let mut out = std::io::stdout().lock();
     let mut print = |ev: &microllm::TokenEvent| {
         // A closed stdout (e.g. piped into `head`) ends generation quietly.
@@ -312,12 +411,12 @@ fn cmd_run(a: RunArgs) -> Result<()> {
 }
 
 fn cmd_chat(a: ChatArgs) -> Result<()> {
-    let model = load(&a.model)?;
+    let (model, lora) = load_with_lora(&a.model, &a.lora)?;
     if model.chat_template().is_none() {
         bail!("{}: this model has no chat template", a.model.display());
     }
     let opts = a.sampling.options();
-    let mut session = a.sampling.session(model);
+    let mut session = attach_all(a.sampling.session(model), &lora)?;
     let mut messages = Vec::new();
     if let Some(s) = &a.system {
         messages.push(Message::system(s.clone()));
@@ -356,7 +455,7 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
 }
 
 fn cmd_logits(a: LogitsArgs) -> Result<()> {
-    let model = load(&a.model)?;
+    let (model, lora) = load_with_lora(&a.model, &a.lora)?;
     let ids = match (&a.prompt, &a.tokens) {
         (Some(p), _) => model.tokenizer().encode(p),
         (None, Some(t)) => t.clone(),
@@ -371,7 +470,7 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
     } else {
         Logits::Last
     };
-    let logits = model.forward(&ids, &mut cache, which)?;
+    let logits = model.forward_with(&ids, &mut cache, which, lora.hook())?;
     let vocab = model.config().vocab_size;
     let shape = if a.all_positions {
         vec![ids.len(), vocab]
@@ -447,8 +546,15 @@ fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
     }
     let threads = threads.unwrap_or_else(rayon::current_num_threads);
     let start = std::time::Instant::now();
-    let model = load(&a.model)?;
+    let (model, lora) = load_with_lora(&a.model, &a.lora)?;
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
+    let hook = lora.hook();
+    let lora_bytes: usize = lora.adapters().iter().map(|(ad, _)| ad.bytes()).sum();
+    let lora_mode = match (a.lora.lora.is_empty(), a.lora.lora_mode) {
+        (true, _) => "none",
+        (false, LoraMode::Merged) => "merged",
+        (false, LoraMode::Unmerged) => "unmerged",
+    };
     let vocab = model.config().vocab_size as u32;
     // Synthetic prompts, as llama-bench uses: the speed does not depend on which tokens.
     let prompt_of =
@@ -464,7 +570,7 @@ fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
         for rep in 0..=a.reps {
             let mut cache = model.new_cache(n + 1);
             let t = std::time::Instant::now();
-            model.forward(&tokens, &mut cache, Logits::Last)?;
+            model.forward_with(&tokens, &mut cache, Logits::Last, hook)?;
             let secs = t.elapsed().as_secs_f64();
             if rep > 0 {
                 // The first run warms caches and threads; it is not counted.
@@ -481,7 +587,7 @@ fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
             let mut tok = 1u32;
             let t = std::time::Instant::now();
             for _ in 0..a.gen {
-                let logits = model.forward(&[tok], &mut cache, Logits::Last)?;
+                let logits = model.forward_with(&[tok], &mut cache, Logits::Last, hook)?;
                 tok = argmax(&logits);
             }
             if rep > 0 {
@@ -497,6 +603,7 @@ fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
                 "test": test, "threads": threads, "tok_s": median, "tok_s_min": min, "tok_s_max": max,
                 "reps": a.reps, "time_to_first_token_ms": ttft_ms, "load_ms": load_ms,
                 "peak_rss_bytes": rss, "model": a.model.display().to_string(),
+                "lora_mode": lora_mode, "lora_unmerged_bytes": lora_bytes,
             });
             println!("{v}");
         } else {
@@ -511,6 +618,13 @@ fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
             "load {load_ms:.1} ms, peak RSS {:.1} MiB",
             rss.unwrap_or(0) as f64 / (1 << 20) as f64
         );
+        if lora_mode != "none" {
+            println!(
+                "lora {lora_mode}: {} adapter(s), {:.2} MiB held unmerged",
+                a.lora.lora.len(),
+                lora_bytes as f64 / (1 << 20) as f64
+            );
+        }
     }
     Ok(())
 }
@@ -538,12 +652,20 @@ fn cmd_convert(a: ConvertArgs) -> Result<()> {
             .expect("valid template")
             .progress_chars("=> "),
     );
+    let adapters = read_adapters(&a.lora)?;
+    let pairs: Vec<(&LoraAdapter, f32)> = adapters.iter().map(|(ad, s)| (ad, *s)).collect();
     let start = std::time::Instant::now();
-    let report = microllm::convert::convert(&a.source, &a.out, &recipe, |done, total, name| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-        bar.set_message(name.to_string());
-    })?;
+    let report = microllm::convert::convert_with_lora(
+        &a.source,
+        &a.out,
+        &recipe,
+        &pairs,
+        |done, total, name| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(name.to_string());
+        },
+    )?;
     bar.finish_and_clear();
     println!(
         "{:<48} {:>5} {:>14} {:>10} {:>9}",
@@ -606,7 +728,7 @@ fn cmd_convert(a: ConvertArgs) -> Result<()> {
 fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
-    let model = load(&a.model)?;
+    let (model, lora) = load_with_lora(&a.model, &a.lora)?;
     let base = a.kl_base.as_deref().map(load).transpose()?;
     let tokens = model.tokenizer().encode(&text);
     if let Some(b) = &base {
@@ -623,10 +745,17 @@ fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
         .progress_chars("=> "),
     );
     bar.set_message("perplexity");
-    let r = microllm::perplexity(&model, base.as_deref(), &tokens, a.ctx, |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
+    let r = microllm::perplexity::perplexity_with_hook(
+        &model,
+        lora.hook(),
+        base.as_deref(),
+        &tokens,
+        a.ctx,
+        |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
     bar.finish_and_clear();
     if a.json {
         let v = serde_json::json!({
@@ -730,7 +859,17 @@ fn inspect_mllm(path: &Path, parts: &microllm::source::ModelParts) -> Result<()>
         println!("  pruning: {p}");
     }
     for l in &meta.provenance.lora {
-        println!("  LoRA {} (scale {})", l.source.name, l.scale);
+        let mut extra = String::new();
+        if let Some(ad) = &l.adapter {
+            extra.push_str(&format!(" from {ad}/"));
+        }
+        if let (Some(r), Some(alpha)) = (l.r, l.lora_alpha) {
+            extra.push_str(&format!(" r {r}, alpha {alpha},"));
+        }
+        println!(
+            "  LoRA{extra} {} ({} bytes, sha256 {}) at scale {}",
+            l.source.name, l.source.bytes, l.source.sha256, l.scale
+        );
     }
     println!("tensors ({}):", file.tensors().len());
     let (mut params, mut bytes) = (0u64, 0u64);
