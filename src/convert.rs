@@ -3,9 +3,10 @@
 
 use crate::error::{Error, Result};
 use crate::format::{
-    expected_tensors, Metadata, MllmWriter, Provenance, Recipe, Role, SourceFile, TokenizerInfo,
-    TokenizerKind,
+    expected_tensors, LoraInfo, Metadata, MllmWriter, Provenance, Recipe, Role, SourceFile,
+    TokenizerInfo, TokenizerKind,
 };
+use crate::lora::LoraAdapter;
 use crate::source::{self, ModelParts, SourceFormat, TensorSource};
 use crate::tensor::{Backing, Tensor};
 use microllm_kernels::quant::{encode, TensorType};
@@ -68,6 +69,18 @@ pub fn recipe(
         r.overrides.insert(name.clone(), *t);
     }
     r
+}
+
+/// A tensor of type `ty` over a private, aligned copy of `bytes` (in the
+/// layout a file holds), as [`quantize_tensor`] makes them.
+pub(crate) fn tensor_from_bytes(ty: TensorType, shape: Vec<usize>, bytes: &[u8]) -> Result<Tensor> {
+    Tensor::in_file(
+        Arc::new(OwnedBytes::new(bytes)),
+        ty,
+        0,
+        shape,
+        Path::new("<memory>"),
+    )
 }
 
 /// `f32` values stored as `ty`: the bytes a file would hold, and the same
@@ -239,10 +252,44 @@ pub fn convert(
     source: &Path,
     out: &Path,
     recipe: &Recipe,
+    on_tensor: impl FnMut(usize, usize, &str),
+) -> Result<ConvertReport> {
+    convert_with_lora(source, out, recipe, &[], on_tensor)
+}
+
+/// [`convert`] with LoRA adapters baked in: each targeted matrix gets
+/// `scale · (alpha/r) · B·A` added in f32 before it is quantized, and the
+/// adapters are recorded in the provenance (folder name, size and SHA-256
+/// of `adapter_model.safetensors`, scale, r, alpha).
+pub fn convert_with_lora(
+    source: &Path,
+    out: &Path,
+    recipe: &Recipe,
+    adapters: &[(&LoraAdapter, f32)],
     mut on_tensor: impl FnMut(usize, usize, &str),
 ) -> Result<ConvertReport> {
     let parts = source::open(source)?;
     parts.config.validate(&parts.path)?;
+    let mut lora = Vec::new();
+    for (a, scale) in adapters {
+        if !scale.is_finite() {
+            return Err(Error::invalid(format!(
+                "LoRA {}: scale {scale} is not finite",
+                a.dir().display()
+            )));
+        }
+        a.validate(&parts.config)?;
+        lora.push(LoraInfo {
+            source: describe_file(&a.weights_path())?,
+            scale: *scale,
+            adapter: a
+                .dir()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned()),
+            r: u32::try_from(a.config().r).ok(),
+            lora_alpha: Some(a.config().lora_alpha),
+        });
+    }
     let (kind, tokenizer) = tokenizer_section(&parts)?;
     let sources = source_files(&parts)?
         .iter()
@@ -258,7 +305,7 @@ pub fn convert(
             tool: format!("microllm {}", env!("CARGO_PKG_VERSION")),
             sources,
             pruning: None,
-            lora: Vec::new(),
+            lora,
         },
     };
     let mut writer = MllmWriter::new(metadata, tokenizer);
@@ -269,7 +316,17 @@ pub fn convert(
         params: 0,
     };
     for (i, e) in expected.iter().enumerate() {
-        let t = parts.tensors.load_f32(&e.name)?;
+        let mut t = parts.tensors.load_f32(&e.name)?;
+        if !adapters.is_empty() && e.role == Role::Matrix {
+            let mut values = t.data().to_vec();
+            let mut merged = false;
+            for (a, scale) in adapters {
+                merged |= a.merge_into(&e.name, &mut values, *scale);
+            }
+            if merged {
+                t = Tensor::from_vec(t.shape().to_vec(), values)?;
+            }
+        }
         if t.shape() != e.shape.as_slice() {
             return Err(Error::format(
                 &parts.path,

@@ -24,6 +24,7 @@ pub mod error;
 pub mod format;
 pub mod gguf;
 pub mod hf;
+pub mod lora;
 pub mod model;
 pub mod perplexity;
 pub mod safetensors;
@@ -40,6 +41,7 @@ pub use error::{Error, Result};
 pub use microllm_kernels::dispatch;
 /// The thread pool the forward pass runs on (`pool::set_threads`).
 pub use microllm_kernels::pool;
+pub use lora::{LoraAdapter, LoraSet};
 pub use model::{Activations, KvCache, LinearHook, Logits, Model, Proj};
 pub use perplexity::{perplexity, PerplexityReport};
 pub use sampler::{Sampler, SamplerConfig};

@@ -243,6 +243,19 @@ impl LayerWeights {
             Proj::Down => &self.w_down,
         }
     }
+
+    /// The weight of one projection, to replace it (LoRA merged at load).
+    pub(crate) fn proj_mut(&mut self, p: Proj) -> &mut Tensor {
+        match p {
+            Proj::Q => &mut self.wq,
+            Proj::K => &mut self.wk,
+            Proj::V => &mut self.wv,
+            Proj::O => &mut self.wo,
+            Proj::Gate => &mut self.w_gate,
+            Proj::Up => &mut self.w_up,
+            Proj::Down => &mut self.w_down,
+        }
+    }
 }
 
 /// Sees every linear layer's product during a forward pass and may add to
@@ -408,6 +421,17 @@ impl Model {
     /// The weights, for inspection.
     pub fn weights(&self) -> &Weights {
         &self.weights
+    }
+
+    /// The weights, to replace some (LoRA merged at load, `crate::lora`).
+    pub(crate) fn weights_mut(&mut self) -> &mut Weights {
+        &mut self.weights
+    }
+
+    /// Counts `extra` (work done after loading, like merging adapters) in
+    /// [`Model::load_time`].
+    pub(crate) fn add_load_time(&mut self, extra: Duration) {
+        self.load_time += extra;
     }
 
     /// Where the model was loaded from.

@@ -8,7 +8,7 @@
 //! has at least `ctx/2` tokens of context.
 
 use crate::error::{Error, Result};
-use crate::model::{Logits, Model};
+use crate::model::{LinearHook, Logits, Model};
 
 /// What [`perplexity`] measured.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +41,19 @@ struct Sums {
 /// `on_window(done, total)` is called after each window, for progress.
 pub fn perplexity(
     model: &Model,
+    base: Option<&Model>,
+    tokens: &[u32],
+    ctx: usize,
+    on_window: impl FnMut(usize, usize),
+) -> Result<PerplexityReport> {
+    perplexity_with_hook(model, None, base, tokens, ctx, on_window)
+}
+
+/// [`perplexity`] with `hook` applied to `model`'s forward passes (LoRA
+/// adapters unmerged, see [`crate::LoraSet::hook`]); not to `base`.
+pub fn perplexity_with_hook(
+    model: &Model,
+    hook: Option<&dyn LinearHook>,
     base: Option<&Model>,
     tokens: &[u32],
     ctx: usize,
@@ -78,7 +91,7 @@ pub fn perplexity(
     let mut s = Sums::default();
     for w in 0..windows {
         let window = &tokens[w * ctx..(w + 1) * ctx];
-        let logits = model.forward(window, &mut model.new_cache(ctx), Logits::All)?;
+        let logits = model.forward_with(window, &mut model.new_cache(ctx), Logits::All, hook)?;
         let base_logits = match base {
             Some(b) => Some(b.forward(window, &mut b.new_cache(ctx), Logits::All)?),
             None => None,

@@ -3,6 +3,7 @@
 
 use crate::chat::Message;
 use crate::error::{Error, Result};
+use crate::lora::{LoraAdapter, LoraSet};
 use crate::model::{KvCache, Logits, Model};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::tokenizer::StreamDecoder;
@@ -126,6 +127,8 @@ pub struct Session {
     tokens: Vec<u32>,
     /// Logits after the last token of `tokens`: (vocab).
     last_logits: Option<Vec<f32>>,
+    /// LoRA adapters applied unmerged in this session.
+    lora: LoraSet,
 }
 
 impl Session {
@@ -144,6 +147,7 @@ impl Session {
             cache,
             tokens: Vec::new(),
             last_logits: None,
+            lora: LoraSet::new(),
         }
     }
 
@@ -174,6 +178,48 @@ impl Session {
         self.last_logits = None;
     }
 
+    /// Applies `adapter` unmerged from now on, its product multiplied by
+    /// `scale` (0 turns it off, 1 is as trained, more exaggerates it); an
+    /// adapter already attached gets the new scale. It is checked against
+    /// the model first. The context is kept, but its KV cache was computed
+    /// without the change, so it is dropped and recomputed on the next call.
+    pub fn attach_lora(&mut self, adapter: Arc<LoraAdapter>, scale: f32) -> Result<()> {
+        if self.lora.attach(adapter, scale, self.model.config())? {
+            self.invalidate_cache();
+        }
+        Ok(())
+    }
+
+    /// Changes the scale of an attached adapter (see [`Session::attach_lora`]).
+    pub fn set_lora_scale(&mut self, adapter: &Arc<LoraAdapter>, scale: f32) -> Result<()> {
+        if self.lora.set_scale(adapter, scale)? {
+            self.invalidate_cache();
+        }
+        Ok(())
+    }
+
+    /// Stops applying `adapter`; returns whether it was attached. The KV
+    /// cache is recomputed as for [`Session::attach_lora`].
+    pub fn detach_lora(&mut self, adapter: &Arc<LoraAdapter>) -> bool {
+        let changed = self.lora.detach(adapter);
+        if changed {
+            self.invalidate_cache();
+        }
+        changed
+    }
+
+    /// The adapters applied unmerged in this session.
+    pub fn lora(&self) -> &LoraSet {
+        &self.lora
+    }
+
+    /// Keeps the tokens but forgets their keys, values and logits, which
+    /// the next call recomputes (with the current adapters).
+    fn invalidate_cache(&mut self) {
+        self.cache.truncate(0);
+        self.last_logits = None;
+    }
+
     /// Adds `tokens` to the context and returns the logits after the last
     /// one: (vocab).
     pub fn append(&mut self, tokens: &[u32]) -> Result<&[f32]> {
@@ -190,7 +236,11 @@ impl Session {
     /// Runs the tokens not yet in the KV cache and keeps their last logits.
     fn feed(&mut self) -> Result<&[f32]> {
         let todo = &self.tokens[self.cache.len()..];
-        match self.model.forward(todo, &mut self.cache, Logits::Last) {
+        let hook = self.lora.hook();
+        match self
+            .model
+            .forward_with(todo, &mut self.cache, Logits::Last, hook)
+        {
             Ok(logits) => Ok(self.last_logits.insert(logits)),
             Err(e) => {
                 // Keep tokens and cache in step: drop what was not computed.

@@ -128,8 +128,18 @@ pub struct SourceFile {
 pub struct LoraInfo {
     /// The adapter file.
     pub source: SourceFile,
-    /// The factor the adapter's product was multiplied by.
+    /// The factor the adapter's product was multiplied by (the user's
+    /// scale; the adapter's own `lora_alpha / r` comes on top).
     pub scale: f32,
+    /// The adapter folder's name (absent in files written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
+    /// The adapter's `r` from `adapter_config.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r: Option<u32>,
+    /// The adapter's `lora_alpha`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_alpha: Option<f64>,
 }
 
 impl Metadata {

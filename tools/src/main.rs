@@ -3,7 +3,8 @@
 //! Everything here goes through the `microllm` library's public API.
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use microllm::lora::{LoraAdapter, LoraSet};
 use microllm::{source, Control, GenerateOptions, Logits, Message, Model, SamplerConfig, Session};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -119,6 +120,94 @@ impl SamplingArgs {
     }
 }
 
+/// How `--lora` adapters are applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LoraMode {
+    /// Added into private copies of the targeted weights at load (in their
+    /// own type): decoding runs at the base model's speed.
+    Merged,
+    /// Kept apart and added to each projection's product at run time, in f32.
+    Unmerged,
+}
+
+#[derive(Args)]
+struct LoraArgs {
+    /// LoRA adapter (a Hugging Face PEFT folder) to apply, optionally with a
+    /// scale (default 1): DIR or DIR:SCALE. Repeatable; the deltas add up.
+    #[arg(long = "lora", value_name = "DIR[:SCALE]")]
+    lora: Vec<String>,
+    /// How to apply the adapters.
+    #[arg(long, value_enum, default_value_t = LoraMode::Merged)]
+    lora_mode: LoraMode,
+}
+
+/// Reads every `DIR[:SCALE]`, printing one line per adapter to stderr.
+fn read_adapters(args: &[String]) -> Result<Vec<(LoraAdapter, f32)>> {
+    let mut out = Vec::new();
+    for arg in args {
+        let (dir, scale) = microllm::lora::parse_lora_arg(arg)?;
+        let a = LoraAdapter::load(&dir)?;
+        let c = a.config();
+        eprintln!(
+            "lora: {} (r {}, alpha {}{}, {} projections, {:.2} MiB) at scale {scale}{}",
+            dir.display(),
+            c.r,
+            c.lora_alpha,
+            if c.use_rslora { ", rslora" } else { "" },
+            a.modules().len(),
+            a.bytes() as f64 / (1 << 20) as f64,
+            a.base_model()
+                .map(|b| format!(", trained on {b}"))
+                .unwrap_or_default()
+        );
+        out.push((a, scale));
+    }
+    Ok(out)
+}
+
+/// Loads the model with the `--lora` adapters: merged into it, or in a set
+/// to apply unmerged (empty when merged or without adapters).
+fn load_with_lora(path: &Path, l: &LoraArgs) -> Result<(Arc<Model>, LoraSet)> {
+    let model = load_plain(path)?;
+    let adapters = read_adapters(&l.lora)?;
+    let mut set = LoraSet::new();
+    if adapters.is_empty() {
+        return Ok((Arc::new(model), set));
+    }
+    match l.lora_mode {
+        LoraMode::Merged => {
+            let before = model.load_time();
+            let cpu_before = cpu_seconds();
+            let pairs: Vec<(&LoraAdapter, f32)> = adapters.iter().map(|(a, s)| (a, *s)).collect();
+            let model = model.with_lora_merged(&pairs)?;
+            let cpu = match (cpu_before, cpu_seconds()) {
+                (Some(a), Some(b)) => format!(", {:.0} ms of CPU", (b - a) * 1e3),
+                _ => String::new(),
+            };
+            eprintln!(
+                "lora: merged in {:.0} ms{cpu} (model loaded in {:.0} ms)",
+                (model.load_time() - before).as_secs_f64() * 1e3,
+                before.as_secs_f64() * 1e3
+            );
+            Ok((Arc::new(model), set))
+        }
+        LoraMode::Unmerged => {
+            for (a, s) in adapters {
+                set.attach(Arc::new(a), s, model.config())?;
+            }
+            Ok((Arc::new(model), set))
+        }
+    }
+}
+
+/// A session with the unmerged adapters of `set` attached.
+fn attach_all(mut session: Session, set: &LoraSet) -> Result<Session> {
+    for (a, s) in set.adapters() {
+        session.attach_lora(a.clone(), *s)?;
+    }
+    Ok(session)
+}
+
 #[derive(Args)]
 struct RunArgs {
     /// Model: a Hugging Face folder or a .gguf file.
@@ -137,6 +226,8 @@ struct RunArgs {
     verbose: bool,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    lora: LoraArgs,
 }
 
 #[derive(Args)]
@@ -148,6 +239,8 @@ struct ChatArgs {
     system: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    lora: LoraArgs,
 }
 
 #[derive(Args)]
@@ -166,6 +259,8 @@ struct LogitsArgs {
     /// Write logits for every position, shape (n, vocab), not just the last (vocab).
     #[arg(long)]
     all_positions: bool,
+    #[command(flatten)]
+    lora: LoraArgs,
 }
 
 #[derive(Args)]
@@ -188,6 +283,10 @@ struct ConvertArgs {
     /// Print every tensor in the closing table, not only a summary per kind.
     #[arg(long)]
     verbose: bool,
+    /// LoRA adapter (PEFT folder) to bake in, as DIR or DIR:SCALE
+    /// (repeatable); recorded in the file's provenance.
+    #[arg(long = "lora", value_name = "DIR[:SCALE]")]
+    lora: Vec<String>,
 }
 
 fn tensor_type(s: &str) -> Result<microllm::format::TensorType> {
@@ -211,6 +310,9 @@ struct PerplexityArgs {
     /// Print one JSON object: ppl, base_ppl, mean_kl, same_top, tokens.
     #[arg(long)]
     json: bool,
+    /// Adapters for MODEL (not for --kl-base, so that the KL measures them).
+    #[command(flatten)]
+    lora: LoraArgs,
 }
 
 #[derive(Args)]
@@ -229,6 +331,8 @@ struct BenchArgs {
     /// One JSON object per test on its own line.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    lora: LoraArgs,
 }
 
 fn main() {
@@ -277,16 +381,17 @@ fn run_cli(cli: Cli) -> Result<()> {
 /// The `--act` choice, applied by [`load`].
 static ACTIVATIONS: std::sync::OnceLock<microllm::Activations> = std::sync::OnceLock::new();
 
-fn load(path: &Path) -> Result<Arc<Model>> {
+/// Loads a model with the `--act` choice applied.
+fn load_plain(path: &Path) -> Result<Model> {
     let mut model = Model::load(path)?;
     model.set_activations(ACTIVATIONS.get().copied().unwrap_or_default());
-    Ok(Arc::new(model))
+    Ok(model)
 }
 
 fn cmd_run(a: RunArgs) -> Result<()> {
-    let model = load(&a.model)?;
+    let (model, lora) = load_with_lora(&a.model, &a.lora)?;
     let opts = a.sampling.options();
-    let mut session = a.sampling.session(model.clone());
+    let mut session = attach_all(a.sampling.session(model.clone()), &lora)?;
     let mut out = std::io::stdout().lock();
     let mut print = |ev: &microllm::TokenEvent| {
         // A closed stdout (e.g. piped into `head`) ends generation quietly.
@@ -326,12 +431,12 @@ fn cmd_run(a: RunArgs) -> Result<()> {
 }
 
 fn cmd_chat(a: ChatArgs) -> Result<()> {
-    let model = load(&a.model)?;
+    let (model, lora) = load_with_lora(&a.model, &a.lora)?;
     if model.chat_template().is_none() {
         bail!("{}: this model has no chat template", a.model.display());
     }
     let opts = a.sampling.options();
-    let mut session = a.sampling.session(model);
+    let mut session = attach_all(a.sampling.session(model), &lora)?;
     let mut messages = Vec::new();
     if let Some(s) = &a.system {
         messages.push(Message::system(s.clone()));
@@ -370,7 +475,7 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
 }
 
 fn cmd_logits(a: LogitsArgs) -> Result<()> {
-    let model = load(&a.model)?;
+    let (model, lora) = load_with_lora(&a.model, &a.lora)?;
     let ids = match (&a.prompt, &a.tokens) {
         (Some(p), _) => model.tokenizer().encode(p),
         (None, Some(t)) => t.clone(),
@@ -385,7 +490,7 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
     } else {
         Logits::Last
     };
-    let logits = model.forward(&ids, &mut cache, which)?;
+    let logits = model.forward_with(&ids, &mut cache, which, lora.hook())?;
     let vocab = model.config().vocab_size;
     let shape = if a.all_positions {
         vec![ids.len(), vocab]
@@ -447,6 +552,17 @@ fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
     (median, v[0], v[n - 1])
 }
 
+/// CPU time (user + system, all threads) this process used so far, in
+/// seconds (Linux; 10 ms resolution).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
 /// Peak resident memory of this process so far, in bytes (Linux).
 fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -462,8 +578,15 @@ fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
     let threads = threads.unwrap_or_else(|| microllm::pool::global().threads());
     let isa = microllm::dispatch::kernels().isa;
     let start = std::time::Instant::now();
-    let model = load(&a.model)?;
+    let (model, lora) = load_with_lora(&a.model, &a.lora)?;
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
+    let hook = lora.hook();
+    let lora_bytes: usize = lora.adapters().iter().map(|(ad, _)| ad.bytes()).sum();
+    let lora_mode = match (a.lora.lora.is_empty(), a.lora.lora_mode) {
+        (true, _) => "none",
+        (false, LoraMode::Merged) => "merged",
+        (false, LoraMode::Unmerged) => "unmerged",
+    };
     let vocab = model.config().vocab_size as u32;
     // Synthetic prompts, as llama-bench uses: the speed does not depend on which tokens.
     let prompt_of =
@@ -479,7 +602,7 @@ fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
         for rep in 0..=a.reps {
             let mut cache = model.new_cache(n + 1);
             let t = std::time::Instant::now();
-            model.forward(&tokens, &mut cache, Logits::Last)?;
+            model.forward_with(&tokens, &mut cache, Logits::Last, hook)?;
             let secs = t.elapsed().as_secs_f64();
             if rep > 0 {
                 // The first run warms caches and threads; it is not counted.
@@ -496,7 +619,7 @@ fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
             let mut tok = 1u32;
             let t = std::time::Instant::now();
             for _ in 0..a.gen {
-                let logits = model.forward(&[tok], &mut cache, Logits::Last)?;
+                let logits = model.forward_with(&[tok], &mut cache, Logits::Last, hook)?;
                 tok = argmax(&logits);
             }
             if rep > 0 {
@@ -512,6 +635,7 @@ fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
                 "test": test, "threads": threads, "isa": isa.name(), "act": model.activations().name(), "tok_s": median, "tok_s_min": min, "tok_s_max": max,
                 "reps": a.reps, "time_to_first_token_ms": ttft_ms, "load_ms": load_ms,
                 "peak_rss_bytes": rss, "model": a.model.display().to_string(),
+                "lora_mode": lora_mode, "lora_unmerged_bytes": lora_bytes,
             });
             println!("{v}");
         } else {
@@ -526,6 +650,13 @@ fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
             "load {load_ms:.1} ms, peak RSS {:.1} MiB",
             rss.unwrap_or(0) as f64 / (1 << 20) as f64
         );
+        if lora_mode != "none" {
+            println!(
+                "lora {lora_mode}: {} adapter(s), {:.2} MiB held unmerged",
+                a.lora.lora.len(),
+                lora_bytes as f64 / (1 << 20) as f64
+            );
+        }
     }
     Ok(())
 }
@@ -553,12 +684,20 @@ fn cmd_convert(a: ConvertArgs) -> Result<()> {
             .expect("valid template")
             .progress_chars("=> "),
     );
+    let adapters = read_adapters(&a.lora)?;
+    let pairs: Vec<(&LoraAdapter, f32)> = adapters.iter().map(|(ad, s)| (ad, *s)).collect();
     let start = std::time::Instant::now();
-    let report = microllm::convert::convert(&a.source, &a.out, &recipe, |done, total, name| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-        bar.set_message(name.to_string());
-    })?;
+    let report = microllm::convert::convert_with_lora(
+        &a.source,
+        &a.out,
+        &recipe,
+        &pairs,
+        |done, total, name| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(name.to_string());
+        },
+    )?;
     bar.finish_and_clear();
     println!(
         "{:<48} {:>5} {:>14} {:>10} {:>9}",
@@ -621,8 +760,8 @@ fn cmd_convert(a: ConvertArgs) -> Result<()> {
 fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
-    let model = load(&a.model)?;
-    let base = a.kl_base.as_deref().map(load).transpose()?;
+    let (model, lora) = load_with_lora(&a.model, &a.lora)?;
+    let base = a.kl_base.as_deref().map(load_plain).transpose()?;
     let tokens = model.tokenizer().encode(&text);
     if let Some(b) = &base {
         if b.tokenizer().encode(&text) != tokens {
@@ -638,10 +777,17 @@ fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
         .progress_chars("=> "),
     );
     bar.set_message("perplexity");
-    let r = microllm::perplexity(&model, base.as_deref(), &tokens, a.ctx, |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
+    let r = microllm::perplexity::perplexity_with_hook(
+        &model,
+        lora.hook(),
+        base.as_ref(),
+        &tokens,
+        a.ctx,
+        |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
     bar.finish_and_clear();
     if a.json {
         let v = serde_json::json!({
@@ -745,7 +891,17 @@ fn inspect_mllm(path: &Path, parts: &microllm::source::ModelParts) -> Result<()>
         println!("  pruning: {p}");
     }
     for l in &meta.provenance.lora {
-        println!("  LoRA {} (scale {})", l.source.name, l.scale);
+        let mut extra = String::new();
+        if let Some(ad) = &l.adapter {
+            extra.push_str(&format!(" from {ad}/"));
+        }
+        if let (Some(r), Some(alpha)) = (l.r, l.lora_alpha) {
+            extra.push_str(&format!(" r {r}, alpha {alpha},"));
+        }
+        println!(
+            "  LoRA{extra} {} ({} bytes, sha256 {}) at scale {}",
+            l.source.name, l.source.bytes, l.source.sha256, l.scale
+        );
     }
     println!("tensors ({}):", file.tensors().len());
     let (mut params, mut bytes) = (0u64, 0u64);

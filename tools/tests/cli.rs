@@ -240,3 +240,269 @@ fn perplexity_json_against_itself() {
     assert_eq!(v["same_top"], 1.0);
     std::fs::remove_dir_all(dir).ok();
 }
+
+// ---- LoRA adapters ----------------------------------------------------------
+
+/// Deterministic values in [-scale, scale].
+fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// A small PEFT adapter for SmolLM2-135M in a fresh folder: r 2, alpha 16,
+/// on layer 0's q_proj and layer 3's down_proj.
+fn smollm2_adapter(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("microllm-cli-lora-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = serde_json::json!({
+        "peft_type": "LORA", "r": 2, "lora_alpha": 16, "target_modules": ["q_proj", "down_proj"],
+        "bias": "none", "use_rslora": false, "rank_pattern": {}, "alpha_pattern": {},
+        "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"
+    });
+    std::fs::write(dir.join("adapter_config.json"), cfg.to_string()).unwrap();
+    let p = "base_model.model.model.layers";
+    let tensors = [
+        (
+            format!("{p}.0.self_attn.q_proj.lora_A.weight"),
+            [2usize, 576],
+        ),
+        (format!("{p}.0.self_attn.q_proj.lora_B.weight"), [576, 2]),
+        (format!("{p}.3.mlp.down_proj.lora_A.weight"), [2, 1536]),
+        (format!("{p}.3.mlp.down_proj.lora_B.weight"), [576, 2]),
+    ];
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (i, (name, shape)) in tensors.iter().enumerate() {
+        let vals = pseudo_random(shape[0] * shape[1], i as u64 + 1, 0.05);
+        let start = data.len();
+        data.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut h = serde_json::to_vec(&header).unwrap();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&h);
+    bytes.extend_from_slice(&data);
+    std::fs::write(dir.join("adapter_model.safetensors"), bytes).unwrap();
+    dir
+}
+
+/// The float32 values of a .npy file.
+fn npy_values(path: &std::path::Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    bytes[10 + hlen..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn logits_with_lora_merged_unmerged_and_at_zero_scale() {
+    let m = gguf();
+    let ad = smollm2_adapter("logits");
+    let out = ad.join("out.npy");
+    let logits = |extra: &[&str]| {
+        let mut args = vec![
+            "logits",
+            m.to_str().unwrap(),
+            "--tokens",
+            "504,2365,6354,16438,27003",
+            "--all-positions",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (ok, _, err) = microllm(&args);
+        assert!(ok, "{extra:?}: {err}");
+        (npy_values(&out), err)
+    };
+    let dir = ad.to_str().unwrap();
+    let (base, _) = logits(&[]);
+    let (merged, err) = logits(&["--lora", dir]);
+    assert!(
+        err.contains("r 2, alpha 16") && err.contains("merged in"),
+        "{err}"
+    );
+    let (unmerged, _) = logits(&["--lora", dir, "--lora-mode", "unmerged"]);
+    let moved = max_diff(&merged, &base);
+    assert!(moved > 0.05, "the adapter moves logits by only {moved}");
+    let d = max_diff(&merged, &unmerged);
+    assert!(d < 1e-3, "merged and unmerged differ by {d}");
+    let zero = format!("{dir}:0");
+    assert_eq!(logits(&["--lora", &zero]).0, base);
+    assert_eq!(
+        logits(&["--lora", &zero, "--lora-mode", "unmerged"]).0,
+        base
+    );
+    // Scales add up: x:0.5 twice is x:1.
+    let half = format!("{dir}:0.5");
+    let (twice, _) = logits(&["--lora", &half, "--lora", &half, "--lora-mode", "unmerged"]);
+    assert!(max_diff(&twice, &merged) < 1e-3);
+    std::fs::remove_dir_all(ad).ok();
+}
+
+#[test]
+fn bench_perplexity_and_run_take_lora() {
+    let m = gguf();
+    let ad = smollm2_adapter("bench");
+    let dir = ad.to_str().unwrap();
+    let (ok, stdout, err) = microllm(&[
+        "bench",
+        m.to_str().unwrap(),
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "--reps",
+        "1",
+        "--json",
+        "--lora",
+        dir,
+        "--lora-mode",
+        "unmerged",
+    ]);
+    assert!(ok, "{err}");
+    let first: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(first["lora_mode"], "unmerged");
+    // r 2 · (576 + 576) + r 2 · (1536 + 576) floats.
+    assert_eq!(
+        first["lora_unmerged_bytes"],
+        (2 * (576 + 576) + 2 * (1536 + 576)) * 4
+    );
+
+    let text = ad.join("t.txt");
+    std::fs::write(&text, golden("long_paragraph")["text"].as_str().unwrap()).unwrap();
+    let (ok, stdout, err) = microllm(&[
+        "perplexity",
+        m.to_str().unwrap(),
+        "-f",
+        text.to_str().unwrap(),
+        "--ctx",
+        "64",
+        "--kl-base",
+        m.to_str().unwrap(),
+        "--json",
+        "--lora",
+        &format!("{dir}:0.5"),
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(v["mean_kl"].as_f64().unwrap() > 1e-6, "{v}");
+
+    let (ok, stdout, err) = microllm(&[
+        "run",
+        m.to_str().unwrap(),
+        "-p",
+        "Hello",
+        "-n",
+        "3",
+        "--ignore-eos",
+        "--lora",
+        dir,
+        "--lora-mode",
+        "unmerged",
+    ]);
+    assert!(ok && !stdout.trim().is_empty(), "{err}");
+    std::fs::remove_dir_all(ad).ok();
+}
+
+#[test]
+fn convert_bakes_lora_and_inspect_shows_it() {
+    let m = gguf();
+    let ad = smollm2_adapter("convert");
+    let out = ad.join("baked.mllm");
+    let (ok, _, err) = microllm(&[
+        "convert",
+        m.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--quant",
+        "q8",
+        "--lora",
+        &format!("{}:0.5", ad.display()),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, stdout, err) = microllm(&["inspect", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let name = ad.file_name().unwrap().to_str().unwrap();
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("LoRA"))
+        .unwrap_or_else(|| panic!("no LoRA line: {stdout}"));
+    assert!(
+        line.contains(&format!(
+            "from {name}/ r 2, alpha 16, adapter_model.safetensors"
+        )) && line.contains("at scale 0.5"),
+        "{line}"
+    );
+    std::fs::remove_dir_all(ad).ok();
+}
+
+#[test]
+fn lora_errors_are_one_clear_line() {
+    let m = gguf();
+    let (ok, _, err) = microllm(&[
+        "logits",
+        m.to_str().unwrap(),
+        "--tokens",
+        "1",
+        "--out",
+        "/dev/null",
+        "--lora",
+        "/nonexistent/adapter",
+    ]);
+    assert!(
+        !ok && err.contains("/nonexistent/adapter/adapter_config.json"),
+        "{err}"
+    );
+    // The tiny test model's adapter does not fit SmolLM2.
+    let tiny = repo().join("fixtures/lora/plain");
+    let (ok, _, err) = microllm(&[
+        "logits",
+        m.to_str().unwrap(),
+        "--tokens",
+        "1",
+        "--out",
+        "/dev/null",
+        "--lora",
+        tiny.to_str().unwrap(),
+        "--lora-mode",
+        "unmerged",
+    ]);
+    assert!(
+        !ok && err.contains("another base model") && err.contains("lora_A.weight"),
+        "{err}"
+    );
+    let (ok, _, err) = microllm(&[
+        "run",
+        m.to_str().unwrap(),
+        "-p",
+        "x",
+        "--lora",
+        tiny.to_str().unwrap(),
+        "--lora-mode",
+        "sideways",
+    ]);
+    assert!(!ok && err.contains("sideways"), "{err}");
+}
