@@ -43,8 +43,12 @@ fn read_st(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
 /// The tiny test model with its projections replaced by those in `proj`
 /// (a safetensors file under fixtures/lora), as an HF folder.
 fn tiny_with(tag: &str, proj: &str) -> PathBuf {
+    // Tests run in parallel and several build the same reference: a
+    // counter keeps their folders apart.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let replace = read_st(&lora_fixture(proj));
-    tiny_llama_folder(tag, move |t| {
+    tiny_llama_folder(&format!("{tag}-{k}"), move |t| {
         for (name, shape, data) in replace {
             let slot = t.iter_mut().find(|e| e.0 == name).expect("projection");
             assert_eq!(slot.1, shape, "{name}");
