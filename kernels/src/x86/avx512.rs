@@ -7,7 +7,7 @@
 //! 1.89, above the workspace's declared 1.80: this tier needs 1.89.
 
 use super::avx2::{self, IntDot, Q4, Q4M, Q8};
-use crate::quant::{BlockQ8, Q8Activations, WeightsRef};
+use crate::quant::{BlockQ8, Planes, Q8Activations, WeightsRef};
 use std::arch::x86_64::*;
 use std::ops::Range;
 
@@ -59,7 +59,8 @@ pub(crate) fn matmul_q8_q8(
     out: &mut [f32],
 ) {
     // SAFETY: only reachable through `crate::x86::AVX512`, handed out after avx512_available().
-    unsafe { q8_q8_imp(w, rows, x, out) }
+    // SAFETY: as above; the 512-bit kernel checks lengths and planes.
+    unsafe { int8_512(Wt::Q8, w, rows, x, out) }
 }
 
 /// q4 weights × int8 activations.
@@ -70,7 +71,8 @@ pub(crate) fn matmul_q4_q8(
     out: &mut [f32],
 ) {
     // SAFETY: only reachable through `crate::x86::AVX512`, handed out after avx512_available().
-    unsafe { q4_q8_imp(w, rows, x, out) }
+    // SAFETY: as above; the 512-bit kernel checks lengths and planes.
+    unsafe { int8_512(Wt::Q4, w, rows, x, out) }
 }
 
 /// q4m weights × int8 activations.
@@ -81,7 +83,8 @@ pub(crate) fn matmul_q4m_q8(
     out: &mut [f32],
 ) {
     // SAFETY: only reachable through `crate::x86::AVX512`, handed out after avx512_available().
-    unsafe { q4m_q8_imp(w, rows, x, out) }
+    // SAFETY: as above; the 512-bit kernel checks lengths and planes.
+    unsafe { int8_512(Wt::Q4m, w, rows, x, out) }
 }
 
 /// Any weights × f32 activations.
@@ -112,4 +115,285 @@ pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 pub(crate) fn quantize(x: &[f32], q: &mut [BlockQ8], s: &mut [f32], sums: &mut [i32]) {
     // SAFETY: only reachable through `crate::x86::AVX512`, handed out after avx512_available().
     unsafe { quantize_imp(x, q, s, sums) }
+}
+
+// ---------------------------------------------------------------------------
+// 512-bit int8 kernels: two blocks per `vpdpbusd`, no horizontal sums.
+//
+// One 512-bit register holds two blocks (A, B) of weights. For q8 they are
+// the 64 bytes as stored (lanes 0–7 block A, 8–15 block B). For q4 the 32
+// bytes of nibbles split into low and high halves give [A_lo, B_lo, A_hi,
+// B_hi] (16 bytes each), and the activations are stored once per call in
+// the same order, so the weights need no shuffle. `vpdpbusd` leaves in each
+// 32-bit lane a partial sum of one block; the lanes are converted to f32
+// and multiplied by that block's `d_w·d_a`, which one `vpermps` spreads
+// from a register holding the products for 16 blocks. The unsigned weights
+// (nibbles 0..15, or q8 + 128) carry an offset per block that is removed
+// in integers with a per-lane `offset·Σa` computed once per call.
+// ---------------------------------------------------------------------------
+
+/// Which weight type a 512-bit kernel body handles.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wt {
+    Q8,
+    Q4,
+    Q4m,
+}
+
+/// Activations of `n` tokens laid out for the 512-bit kernels.
+struct Prep512 {
+    /// Per token, per pair of blocks: 64 bytes in the weights' lane order.
+    q: Vec<__m512i>,
+    /// Per token, per pair: each lane's `−offset · Σa` over its 4 bytes,
+    /// minus the part of the unsigned weights' product that is not the
+    /// weights'.
+    off: Vec<__m512i>,
+    /// Per token, per group of 16 blocks: `d_a` (zero past the last block).
+    d: Vec<__m512>,
+    /// Per token, per group of 16 blocks: `d_a·Σa` (zero past the end).
+    ds: Vec<__m512>,
+    /// Pairs per row.
+    np: usize,
+    /// Groups of 16 blocks per row.
+    ng: usize,
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn prep512(x: &Q8Activations, wt: Wt) -> Prep512 {
+    let n = x.n();
+    let nb = x.cols() / 32;
+    let np = nb.div_ceil(2);
+    let ng = nb.div_ceil(16);
+    let mut q = Vec::with_capacity(n * np);
+    let mut off = Vec::with_capacity(n * np);
+    let offset = match wt {
+        Wt::Q8 => _mm512_set1_epi8(-128), // 0x80 = 128 as unsigned
+        Wt::Q4 => _mm512_set1_epi8(8),
+        Wt::Q4m => _mm512_setzero_si512(),
+    };
+    let mut d = Vec::with_capacity(n * ng);
+    let mut ds = Vec::with_capacity(n * ng);
+    for t in 0..n {
+        let row = x.row(t);
+        for p in 0..np {
+            let mut bytes = [0i8; 64];
+            for (k, b) in [2 * p, 2 * p + 1].into_iter().enumerate() {
+                if b >= nb {
+                    continue;
+                }
+                let qs = &row.quants[b].qs;
+                if wt == Wt::Q8 {
+                    bytes[32 * k..32 * k + 32].copy_from_slice(qs);
+                } else {
+                    // [A_lo, B_lo, A_hi, B_hi]
+                    bytes[16 * k..16 * k + 16].copy_from_slice(&qs[..16]);
+                    bytes[32 + 16 * k..32 + 16 * k + 16].copy_from_slice(&qs[16..]);
+                }
+            }
+            // SAFETY: reads 64 bytes from a 64-byte array.
+            let a = _mm512_loadu_si512(bytes.as_ptr() as *const _);
+            q.push(a);
+            // Negated, so that `vpdpbusd` starts from it.
+            let o = _mm512_dpbusd_epi32(_mm512_setzero_si512(), offset, a);
+            off.push(_mm512_sub_epi32(_mm512_setzero_si512(), o));
+        }
+        for g in 0..ng {
+            let mut dv = [0.0f32; 16];
+            let mut sv = [0.0f32; 16];
+            for i in 0..16 {
+                let b = g * 16 + i;
+                if b < nb {
+                    dv[i] = row.scales[b];
+                    sv[i] = row.scales[b] * row.sums[b] as f32;
+                }
+            }
+            // SAFETY: 16 floats from 16-float arrays.
+            d.push(_mm512_loadu_ps(dv.as_ptr()));
+            ds.push(_mm512_loadu_ps(sv.as_ptr()));
+        }
+    }
+    Prep512 {
+        q,
+        off,
+        d,
+        ds,
+        np,
+        ng,
+    }
+}
+
+/// The lane → block-of-16 index vectors for pair `p` of a group.
+#[inline(always)]
+unsafe fn lane_idx(wt: Wt, p: usize) -> __m512i {
+    let (a, b) = (2 * p as i32, 2 * p as i32 + 1);
+    if wt == Wt::Q8 {
+        _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b)
+    } else {
+        _mm512_setr_epi32(a, a, a, a, b, b, b, b, a, a, a, a, b, b, b, b)
+    }
+}
+
+/// The weights of pair `p` (blocks `2p`, `2p+1`) of row `r` as 64 unsigned
+/// bytes in the lane order of [`prep512`]; a missing second block is zero.
+#[inline(always)]
+unsafe fn load_pair(wt: Wt, quants: *const u8, nb: usize, r: usize, p: usize) -> __m512i {
+    let full = 2 * p + 1 < nb;
+    match wt {
+        Wt::Q8 => {
+            let ptr = quants.add((r * nb + 2 * p) * 32);
+            let v = if full {
+                _mm512_loadu_si512(ptr as *const _)
+            } else {
+                _mm512_maskz_loadu_epi8(0xFFFF_FFFF, ptr as *const i8)
+            };
+            // Bias to unsigned: w + 128 (the bias is removed at the end);
+            // the zero-masked half becomes 128 against zero activations.
+            _mm512_xor_si512(v, _mm512_set1_epi8(-128))
+        }
+        _ => {
+            let ptr = quants.add((r * nb + 2 * p) * 16);
+            let v = if full {
+                _mm256_loadu_si256(ptr as *const __m256i)
+            } else {
+                _mm256_maskz_loadu_epi8(0xFFFF, ptr as *const i8)
+            };
+            let m = _mm256_set1_epi8(0x0F);
+            let lo = _mm256_and_si256(v, m);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
+            _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
+        }
+    }
+}
+
+/// Up to 16 f16 values of a plane starting at block `b0`, as f32; lanes
+/// past `count` are zero.
+#[inline(always)]
+unsafe fn load_f16x16(plane: *const u16, b0: usize, count: usize) -> __m512 {
+    let h = if count >= 16 {
+        _mm256_loadu_si256(plane.add(b0) as *const __m256i)
+    } else {
+        _mm256_maskz_loadu_epi16(((1u32 << count) - 1) as u16, plane.add(b0) as *const i16)
+    };
+    _mm512_cvtph_ps(h)
+}
+
+/// One pair of blocks for `T` tokens: exact integer block sums, scaled per
+/// lane and added to `acc[t]`.
+#[inline(always)]
+unsafe fn pair_terms<const T: usize>(
+    wv: __m512i,
+    idx: __m512i,
+    p: &Prep512,
+    ai: [usize; T],
+    c: &[__m512; T],
+    acc: &mut [__m512; T],
+) {
+    for t in 0..T {
+        // Exact integer block sums: Σ w_u·a − offset·Σa.
+        let isum = _mm512_dpbusd_epi32(*p.off.get_unchecked(ai[t]), wv, *p.q.get_unchecked(ai[t]));
+        let sc = _mm512_permutexvar_ps(idx, c[t]);
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), sc, acc[t]);
+    }
+}
+
+/// `out[(r − rows.start)·n + t]` for tiles of `T` tokens.
+#[inline(always)]
+unsafe fn int8_512_tile<const T: usize>(
+    wt: Wt,
+    w: (*const u8, *const u16, *const u16),
+    nb: usize,
+    p: &Prep512,
+    idx: &[__m512i; 8],
+    r: usize,
+    t0: usize,
+) -> [f32; T] {
+    let (quants, scales, mins) = w;
+    // Two independent sums per token, even and odd pairs: one FMA chain
+    // would wait on the FMA latency at every pair.
+    let mut acc0 = [_mm512_setzero_ps(); T];
+    let mut acc1 = [_mm512_setzero_ps(); T];
+    for g in 0..p.ng {
+        let b0 = g * 16;
+        let count = (nb - b0).min(16);
+        let dw = load_f16x16(scales, r * nb + b0, count);
+        let mut c = [_mm512_setzero_ps(); T];
+        for t in 0..T {
+            let ti = (t0 + t) * p.ng + g;
+            c[t] = _mm512_mul_ps(dw, *p.d.get_unchecked(ti));
+        }
+        if wt == Wt::Q4m {
+            // q4m's minimum: m·(d_a·Σa) per block.
+            let dm = load_f16x16(mins, r * nb + b0, count);
+            for t in 0..T {
+                let ti = (t0 + t) * p.ng + g;
+                acc1[t] = _mm512_fmadd_ps(dm, *p.ds.get_unchecked(ti), acc1[t]);
+            }
+        }
+        let pairs = count.div_ceil(2);
+        let ai = |pi: usize| -> [usize; T] { std::array::from_fn(|t| (t0 + t) * p.np + pi) };
+        let mut pp = 0;
+        while pp + 2 <= pairs {
+            let pi = g * 8 + pp;
+            let w0 = load_pair(wt, quants, nb, r, pi);
+            let w1 = load_pair(wt, quants, nb, r, pi + 1);
+            pair_terms::<T>(w0, idx[pp], p, ai(pi), &c, &mut acc0);
+            pair_terms::<T>(w1, idx[pp + 1], p, ai(pi + 1), &c, &mut acc1);
+            pp += 2;
+        }
+        if pp < pairs {
+            let pi = g * 8 + pp;
+            let w0 = load_pair(wt, quants, nb, r, pi);
+            pair_terms::<T>(w0, idx[pp], p, ai(pi), &c, &mut acc0);
+        }
+    }
+    let mut res = [0.0f32; T];
+    for t in 0..T {
+        res[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
+    }
+    res
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn int8_512(wt: Wt, w: &WeightsRef<'_>, rows: Range<usize>, x: &Q8Activations, out: &mut [f32]) {
+    let n = x.n();
+    let nb = w.cols() / 32;
+    assert!(rows.end <= w.rows(), "matmul: rows out of range");
+    assert_eq!(x.cols(), w.cols(), "matmul: x is not (n, cols)");
+    assert_eq!(out.len(), rows.len() * n, "matmul: out is not (rows, n)");
+    let planes = match (wt, w.planes()) {
+        (Wt::Q8, Planes::Q8 { quants, scales }) => {
+            (quants.as_ptr() as *const u8, scales.as_ptr() as *const u16, std::ptr::null())
+        }
+        (Wt::Q4, Planes::Q4 { quants, scales }) => {
+            (quants.as_ptr() as *const u8, scales.as_ptr() as *const u16, std::ptr::null())
+        }
+        (Wt::Q4m, Planes::Q4m { quants, scales, mins }) => (
+            quants.as_ptr() as *const u8,
+            scales.as_ptr() as *const u16,
+            mins.as_ptr() as *const u16,
+        ),
+        _ => panic!("matmul_q8: the {} kernel got {} weights", match wt {
+            Wt::Q8 => "q8",
+            Wt::Q4 => "q4",
+            Wt::Q4m => "q4m",
+        }, w.ty()),
+    };
+    if n == 0 || rows.is_empty() || nb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let p = prep512(x, wt);
+    let idx: [__m512i; 8] = std::array::from_fn(|pp| lane_idx(wt, pp));
+    for (i, r) in rows.enumerate() {
+        let o = &mut out[i * n..(i + 1) * n];
+        let mut t0 = 0;
+        while t0 + 4 <= n {
+            o[t0..t0 + 4].copy_from_slice(&int8_512_tile::<4>(wt, planes, nb, &p, &idx, r, t0));
+            t0 += 4;
+        }
+        while t0 < n {
+            o[t0] = int8_512_tile::<1>(wt, planes, nb, &p, &idx, r, t0)[0];
+            t0 += 1;
+        }
+    }
 }
