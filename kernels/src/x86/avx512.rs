@@ -353,6 +353,54 @@ unsafe fn int8_512_tile<const T: usize>(
     res
 }
 
+/// Decode: rows `r..r + R` against one token; the activation loads are
+/// shared by the `R` rows.
+#[inline(always)]
+unsafe fn int8_512_rows<const R: usize>(
+    wt: Wt,
+    w: (*const u8, *const u16, *const u16),
+    nb: usize,
+    p: &Prep512,
+    idx: &[__m512i; 8],
+    r: usize,
+) -> [f32; R] {
+    let (quants, scales, mins) = w;
+    let mut acc0 = [_mm512_setzero_ps(); R];
+    let mut acc1 = [_mm512_setzero_ps(); R];
+    for g in 0..p.ng {
+        let b0 = g * 16;
+        let count = (nb - b0).min(16);
+        let da = *p.d.get_unchecked(g);
+        let c: [__m512; R] = std::array::from_fn(|k| {
+            _mm512_mul_ps(load_f16x16(scales, (r + k) * nb + b0, count), da)
+        });
+        if wt == Wt::Q4m {
+            for k in 0..R {
+                let dm = load_f16x16(mins, (r + k) * nb + b0, count);
+                acc1[k] = _mm512_fmadd_ps(dm, *p.ds.get_unchecked(g), acc1[k]);
+            }
+        }
+        let pairs = count.div_ceil(2);
+        for pp in 0..pairs {
+            let pi = g * 8 + pp;
+            let a = *p.q.get_unchecked(pi);
+            let off = *p.off.get_unchecked(pi);
+            let id = idx[pp];
+            for k in 0..R {
+                let wv = load_pair(wt, quants, nb, r + k, pi);
+                let isum = _mm512_dpbusd_epi32(off, wv, a);
+                let sc = _mm512_permutexvar_ps(id, c[k]);
+                if pp % 2 == 0 {
+                    acc0[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), sc, acc0[k]);
+                } else {
+                    acc1[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), sc, acc1[k]);
+                }
+            }
+        }
+    }
+    std::array::from_fn(|k| _mm512_reduce_add_ps(_mm512_add_ps(acc0[k], acc1[k])))
+}
+
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn int8_512(wt: Wt, w: &WeightsRef<'_>, rows: Range<usize>, x: &Q8Activations, out: &mut [f32]) {
     let n = x.n();
@@ -384,6 +432,19 @@ unsafe fn int8_512(wt: Wt, w: &WeightsRef<'_>, rows: Range<usize>, x: &Q8Activat
     }
     let p = prep512(x, wt);
     let idx: [__m512i; 8] = std::array::from_fn(|pp| lane_idx(wt, pp));
+    if n == 1 {
+        let m = rows.len();
+        let mut i = 0;
+        while i + 4 <= m {
+            out[i..i + 4].copy_from_slice(&int8_512_rows::<4>(wt, planes, nb, &p, &idx, rows.start + i));
+            i += 4;
+        }
+        while i < m {
+            out[i] = int8_512_rows::<1>(wt, planes, nb, &p, &idx, rows.start + i)[0];
+            i += 1;
+        }
+        return;
+    }
     for (i, r) in rows.enumerate() {
         let o = &mut out[i * n..(i + 1) * n];
         let mut t0 = 0;
