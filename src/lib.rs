@@ -37,11 +37,11 @@ pub mod tokenizer;
 pub use chat::{ChatTemplate, Message};
 pub use config::ModelConfig;
 pub use error::{Error, Result};
+pub use lora::{LoraAdapter, LoraSet};
 /// The kernel tier in use (`MICROLLM_ISA` forces one).
 pub use microllm_kernels::dispatch;
 /// The thread pool the forward pass runs on (`pool::set_threads`).
 pub use microllm_kernels::pool;
-pub use lora::{LoraAdapter, LoraSet};
 pub use model::{Activations, KvCache, LinearHook, Logits, Model, Proj};
 pub use perplexity::{perplexity, PerplexityReport};
 pub use sampler::{Sampler, SamplerConfig};

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use microllm::{GenerateOptions, Logits, Model, Session};
+use microllm::{Activations, GenerateOptions, Logits, Model, Session};
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
@@ -156,8 +156,21 @@ fn golden_top1_through_q8() {
         |_, _, _| {},
     )
     .unwrap();
-    let model = load(&out);
+    let mut model = Model::load(&out).unwrap();
     std::fs::remove_dir_all(&dir).ok();
+    // f32 inputs (the default) hold the q8 bounds above; int8 inputs, as
+    // llama.cpp computes, change more top-1 tokens (20 of 531 measured),
+    // still only where the reference's margin is under Q8_MARGIN.
+    model.set_activations(Activations::F32);
+    check_q8(&model, "f32", 50);
+    model.set_activations(Activations::Int8);
+    check_q8(&model, "int8", 20);
+}
+
+/// Golden prompts through `model`: mean last-position KL under
+/// [`Q8_MAX_KL`], at most one position in `one_in` changes top-1, and only
+/// where the margin is under [`Q8_MARGIN`].
+fn check_q8(model: &Model, act: &str, one_in: usize) {
     let vocab = model.config().vocab_size;
     let (mut checked, mut flips, mut kls) = (0, Vec::new(), Vec::new());
     for name in CASES {
@@ -178,25 +191,25 @@ fn golden_top1_through_q8() {
         }
         let (_, reference) = read_npy_f32(&golden_dir().join(format!("{name}.last_logits.npy")));
         let kl = kl_divergence(&reference, &logits[(tokens.len() - 1) * vocab..]);
-        println!("q8 {name:<16} last-position KL {kl:.2e}");
+        println!("q8 {act} {name:<16} last-position KL {kl:.2e}");
         assert!(kl < 10.0 * Q8_MAX_KL, "q8 {name}: KL {kl:e}");
         kls.push(kl);
     }
     let mean_kl = kls.iter().sum::<f64>() / kls.len() as f64;
-    println!("q8: mean last-position KL {mean_kl:.2e}");
+    println!("q8 {act}: mean last-position KL {mean_kl:.2e}");
     assert!(mean_kl < Q8_MAX_KL, "q8: mean KL {mean_kl:e}");
     println!(
-        "q8: {} of {checked} positions changed top-1: {flips:?}",
+        "q8 {act}: {} of {checked} positions changed top-1: {flips:?}",
         flips.len()
     );
     assert!(
-        flips.len() * 50 <= checked,
-        "q8: more than 2% of positions changed top-1"
+        flips.len() * one_in <= checked,
+        "q8 {act}: more than 1 in {one_in} positions changed top-1"
     );
     for (name, pos, margin) in flips {
         assert!(
             margin < Q8_MARGIN,
-            "q8 {name}: top-1 changed at position {pos} with margin {margin:.3}"
+            "q8 {act} {name}: top-1 changed at position {pos} with margin {margin:.3}"
         );
     }
 }

@@ -1,32 +1,14 @@
-//! AVX-512 (F, BW, VL, VNNI) kernels: the generic bodies of
-//! [`super::avx2`] instantiated with `vpdpbusd` (one instruction per 4
-//! products per lane instead of three) and wider register tiles (32
-//! vector registers).
+//! AVX-512 (F, BW, VL, VNNI) kernels: 512-bit int8 matrix kernels of
+//! their own (below), and the f32 bodies of [`super::avx2`] compiled with
+//! the wider feature set.
 //!
 //! The AVX-512 intrinsics and `target_feature` names are stable since Rust
 //! 1.89, above the workspace's declared 1.80: this tier needs 1.89.
 
-use super::avx2::{self, IntDot, Q4, Q4M, Q8};
+use super::avx2;
 use crate::quant::{BlockQ8, Planes, Q8Activations, WeightsRef};
 use std::arch::x86_64::*;
 use std::ops::Range;
-
-/// `vpdpbusd` on 256-bit registers (AVX512-VNNI + VL); q8 weights biased
-/// to unsigned (`w + 128`), the bias removed with `−128·Σa`.
-struct VnniDot;
-
-impl IntDot for VnniDot {
-    const Q8_BIASED: bool = true;
-    #[inline(always)]
-    unsafe fn dot_u(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
-        _mm256_dpbusd_epi32(acc, w, a)
-    }
-    #[inline(always)]
-    unsafe fn dot_s(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
-        // Not used (Q8_BIASED); the sign trick for completeness.
-        _mm256_dpbusd_epi32(acc, _mm256_abs_epi8(w), _mm256_sign_epi8(a, w))
-    }
-}
 
 /// Compiles the generic bodies for AVX-512 (with AVX2, FMA and F16C).
 macro_rules! avx512_fn {
@@ -38,12 +20,6 @@ macro_rules! avx512_fn {
     };
 }
 
-avx512_fn!(fn q8_q8_imp(w: &WeightsRef<'_>, rows: Range<usize>, x: &Q8Activations, out: &mut [f32])
-    => avx2::matmul_int8::<Q8, VnniDot, 4, 3>(w, rows, x, out));
-avx512_fn!(fn q4_q8_imp(w: &WeightsRef<'_>, rows: Range<usize>, x: &Q8Activations, out: &mut [f32])
-    => avx2::matmul_int8::<Q4, VnniDot, 4, 3>(w, rows, x, out));
-avx512_fn!(fn q4m_q8_imp(w: &WeightsRef<'_>, rows: Range<usize>, x: &Q8Activations, out: &mut [f32])
-    => avx2::matmul_int8::<Q4M, VnniDot, 4, 3>(w, rows, x, out));
 avx512_fn!(fn f32_imp(w: &WeightsRef<'_>, rows: Range<usize>, x: &[f32], n: usize, out: &mut [f32])
     => avx2::matmul_f32::<4, 5>(w, rows, x, n, out));
 avx512_fn!(fn dot_imp(a: &[f32], b: &[f32]) -> f32 => avx2::dot_f32(a, b));
@@ -95,8 +71,13 @@ pub(crate) fn matmul_f32_entry(
     n: usize,
     out: &mut [f32],
 ) {
-    // SAFETY: only reachable through `crate::x86::AVX512`, handed out after avx512_available().
-    unsafe { f32_imp(w, rows, x, n, out) }
+    match w.planes() {
+        // SAFETY: only reachable through `crate::x86::AVX512`, handed out
+        // after avx512_available(); the kernel checks lengths.
+        Planes::Q4 { .. } | Planes::Q8 { .. } if n == 1 => unsafe { f32_decode(w, rows, x, out) },
+        // SAFETY: as above.
+        _ => unsafe { f32_imp(w, rows, x, n, out) },
+    }
 }
 
 /// `Σ a·b`.
@@ -402,29 +383,50 @@ unsafe fn int8_512_rows<const R: usize>(
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn int8_512(wt: Wt, w: &WeightsRef<'_>, rows: Range<usize>, x: &Q8Activations, out: &mut [f32]) {
+unsafe fn int8_512(
+    wt: Wt,
+    w: &WeightsRef<'_>,
+    rows: Range<usize>,
+    x: &Q8Activations,
+    out: &mut [f32],
+) {
     let n = x.n();
     let nb = w.cols() / 32;
     assert!(rows.end <= w.rows(), "matmul: rows out of range");
     assert_eq!(x.cols(), w.cols(), "matmul: x is not (n, cols)");
     assert_eq!(out.len(), rows.len() * n, "matmul: out is not (rows, n)");
     let planes = match (wt, w.planes()) {
-        (Wt::Q8, Planes::Q8 { quants, scales }) => {
-            (quants.as_ptr() as *const u8, scales.as_ptr() as *const u16, std::ptr::null())
-        }
-        (Wt::Q4, Planes::Q4 { quants, scales }) => {
-            (quants.as_ptr() as *const u8, scales.as_ptr() as *const u16, std::ptr::null())
-        }
-        (Wt::Q4m, Planes::Q4m { quants, scales, mins }) => (
+        (Wt::Q8, Planes::Q8 { quants, scales }) => (
+            quants.as_ptr() as *const u8,
+            scales.as_ptr() as *const u16,
+            std::ptr::null(),
+        ),
+        (Wt::Q4, Planes::Q4 { quants, scales }) => (
+            quants.as_ptr() as *const u8,
+            scales.as_ptr() as *const u16,
+            std::ptr::null(),
+        ),
+        (
+            Wt::Q4m,
+            Planes::Q4m {
+                quants,
+                scales,
+                mins,
+            },
+        ) => (
             quants.as_ptr() as *const u8,
             scales.as_ptr() as *const u16,
             mins.as_ptr() as *const u16,
         ),
-        _ => panic!("matmul_q8: the {} kernel got {} weights", match wt {
-            Wt::Q8 => "q8",
-            Wt::Q4 => "q4",
-            Wt::Q4m => "q4m",
-        }, w.ty()),
+        _ => panic!(
+            "matmul_q8: the {} kernel got {} weights",
+            match wt {
+                Wt::Q8 => "q8",
+                Wt::Q4 => "q4",
+                Wt::Q4m => "q4m",
+            },
+            w.ty()
+        ),
     };
     if n == 0 || rows.is_empty() || nb == 0 {
         out.fill(0.0);
@@ -436,7 +438,14 @@ unsafe fn int8_512(wt: Wt, w: &WeightsRef<'_>, rows: Range<usize>, x: &Q8Activat
         let m = rows.len();
         let mut i = 0;
         while i + 4 <= m {
-            out[i..i + 4].copy_from_slice(&int8_512_rows::<4>(wt, planes, nb, &p, &idx, rows.start + i));
+            out[i..i + 4].copy_from_slice(&int8_512_rows::<4>(
+                wt,
+                planes,
+                nb,
+                &p,
+                &idx,
+                rows.start + i,
+            ));
             i += 4;
         }
         while i < m {
@@ -456,5 +465,93 @@ unsafe fn int8_512(wt: Wt, w: &WeightsRef<'_>, rows: Range<usize>, x: &Q8Activat
             o[t0] = int8_512_tile::<1>(wt, planes, nb, &p, &idx, r, t0)[0];
             t0 += 1;
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Decode with f32 activations: the reference accuracy at memory speed.
+//
+// Each block of 32 weights becomes two registers of 16 f32: q8 by sign
+// extension and conversion, q4 by looking its nibbles up in a 16-entry
+// table of `n − 8` (`vpermps`), so the result is `d·Σ(n − 8)·x` as the
+// scalar twin forms it. Four rows share the activation loads.
+// ---------------------------------------------------------------------------
+
+/// The 32 weights of block `b` as f32 (before the scale).
+#[inline(always)]
+unsafe fn block_f32(q4: bool, quants: *const u8, b: usize, lut: __m512) -> (__m512, __m512) {
+    if q4 {
+        let v = _mm_loadu_si128(quants.add(b * 16) as *const __m128i);
+        let m = _mm_set1_epi8(0x0F);
+        let lo = _mm512_cvtepu8_epi32(_mm_and_si128(v, m));
+        let hi = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(v, 4), m));
+        (
+            _mm512_permutexvar_ps(lo, lut),
+            _mm512_permutexvar_ps(hi, lut),
+        )
+    } else {
+        let p = quants.add(b * 32);
+        let lo = _mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i));
+        let hi = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(16) as *const __m128i));
+        (_mm512_cvtepi32_ps(lo), _mm512_cvtepi32_ps(hi))
+    }
+}
+
+/// Rows `r..r + R` against one token of f32 activations.
+#[inline(always)]
+unsafe fn f32_decode_rows<const R: usize>(
+    q4: bool,
+    quants: *const u8,
+    scales: &[half::f16],
+    nb: usize,
+    x: &[f32],
+    r: usize,
+) -> [f32; R] {
+    let lut = _mm512_setr_ps(
+        -8.0, -7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0,
+    );
+    let mut acc = [_mm512_setzero_ps(); R];
+    let xp = x.as_ptr();
+    for b in 0..nb {
+        let x0 = _mm512_loadu_ps(xp.add(b * 32));
+        let x1 = _mm512_loadu_ps(xp.add(b * 32 + 16));
+        for k in 0..R {
+            let blk = (r + k) * nb + b;
+            let (w0, w1) = block_f32(q4, quants, blk, lut);
+            let s = _mm512_fmadd_ps(w1, x1, _mm512_mul_ps(w0, x0));
+            let d = _mm512_set1_ps(scales.get_unchecked(blk).to_f32());
+            acc[k] = _mm512_fmadd_ps(s, d, acc[k]);
+        }
+    }
+    std::array::from_fn(|k| _mm512_reduce_add_ps(acc[k]))
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn f32_decode(w: &WeightsRef<'_>, rows: Range<usize>, x: &[f32], out: &mut [f32]) {
+    let nb = w.cols() / 32;
+    assert!(rows.end <= w.rows(), "matmul: rows out of range");
+    assert_eq!(x.len(), w.cols(), "matmul: x is not (1, cols)");
+    assert_eq!(out.len(), rows.len(), "matmul: out is not (rows, 1)");
+    let (q4, quants, scales) = match w.planes() {
+        Planes::Q4 { quants, scales } => (true, quants.as_ptr() as *const u8, scales),
+        Planes::Q8 { quants, scales } => (false, quants.as_ptr() as *const u8, scales),
+        _ => unreachable!("f32_decode: only q4 and q8"),
+    };
+    let m = rows.len();
+    let mut i = 0;
+    while i + 4 <= m {
+        out[i..i + 4].copy_from_slice(&f32_decode_rows::<4>(
+            q4,
+            quants,
+            scales,
+            nb,
+            x,
+            rows.start + i,
+        ));
+        i += 4;
+    }
+    while i < m {
+        out[i] = f32_decode_rows::<1>(q4, quants, scales, nb, x, rows.start + i)[0];
+        i += 1;
     }
 }

@@ -5,8 +5,8 @@
 use crate::dispatch::{Isa, Kernels};
 
 pub mod avx2;
-// The AVX-512 intrinsics are stable since Rust 1.89 (the workspace says 1.80).
-#[clippy::msrv = "1.89"]
+// The AVX-512 intrinsics are stable since Rust 1.89, the workspace's
+// minimum.
 pub mod avx512;
 
 /// AVX2, FMA and F16C (Haswell and later, Zen 1 and later).
