@@ -617,7 +617,7 @@ fn int8_form<'b>(
     n: usize,
     cols: usize,
 ) -> Option<&'b Q8Activations> {
-    if !int8 || cols % microllm_kernels::quant::QK != 0 {
+    if !int8 || !cols.is_multiple_of(microllm_kernels::quant::QK) {
         return None;
     }
     buf.requantize_with(kern, x, n, cols);

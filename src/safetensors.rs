@@ -607,7 +607,7 @@ mod tests {
         }
         let mut json = serde_json::to_vec(&Value::Object(header)).unwrap();
         // Pad to 8 bytes like the reference writer so F32 data is aligned.
-        while json.len() % 8 != 0 {
+        while !json.len().is_multiple_of(8) {
             json.push(b' ');
         }
         let mut out = (json.len() as u64).to_le_bytes().to_vec();

@@ -62,7 +62,7 @@ fn safetensors(tensors: &[(&str, &str, &[usize], Vec<u8>)]) -> Vec<u8> {
 /// A file with exactly this header text and data section.
 fn raw_file(json: &str, data: &[u8]) -> Vec<u8> {
     let mut json = json.to_string();
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(' ');
     }
     let mut out = (json.len() as u64).to_le_bytes().to_vec();

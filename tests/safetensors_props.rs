@@ -33,7 +33,7 @@ fn base() -> Vec<u8> {
         r#""e":{"dtype":"F32","shape":[0],"data_offsets":[40,40]}}"#
     );
     let mut json = json.as_bytes().to_vec();
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = (json.len() as u64).to_le_bytes().to_vec();

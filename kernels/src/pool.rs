@@ -174,7 +174,7 @@ impl Pool {
         let mut spins = 0u32;
         while s.done.load(Ordering::Acquire) != joined {
             spins = spins.wrapping_add(1);
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 // A joined worker was descheduled: let it run.
                 std::thread::yield_now();
             } else {
@@ -273,7 +273,7 @@ fn worker(s: &Shared) {
                 break;
             }
             spins = spins.wrapping_add(1);
-            if spins % 128 == 0 {
+            if spins.is_multiple_of(128) {
                 if start.elapsed() > SPIN {
                     let mut l = s.lock.lock().unwrap_or_else(|e| e.into_inner());
                     s.sleeping.fetch_add(1, Ordering::SeqCst);

@@ -550,7 +550,7 @@ fn file_bytes_round_trip_through_the_plane_view() {
     // Misaligned f16 scales are refused, not read unaligned.
     let bytes = microllm_kernels::quant::encode(TensorType::Q4, &x[..32], 1, 32).unwrap();
     let mut shifted = vec![0u8; bytes.len() + 2];
-    let odd = if shifted.as_ptr() as usize % 2 == 0 {
+    let odd = if (shifted.as_ptr() as usize).is_multiple_of(2) {
         1
     } else {
         0

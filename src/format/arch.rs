@@ -157,7 +157,7 @@ pub(crate) fn check_tensors(meta: &Metadata, tensors: &[TensorInfo]) -> Result<(
     for name in meta.quantization.overrides.keys() {
         if by_name
             .get(name.as_str())
-            .map_or(true, |e| e.role != Role::Matrix)
+            .is_none_or(|e| e.role != Role::Matrix)
         {
             return Err(format!(
                 "quantization override for '{name}', which is not a weight matrix of this model"

@@ -375,7 +375,7 @@ fn check_sections(h: &Header) -> std::result::Result<[Range<usize>; 4], String> 
     if h.metadata.len == 0 {
         return Err("the metadata section is empty".into());
     }
-    if h.data.offset % ALIGN as u64 != 0 {
+    if !h.data.offset.is_multiple_of(ALIGN as u64) {
         return Err(format!(
             "the data section starts at {}, not a multiple of {ALIGN}",
             h.data.offset
@@ -469,7 +469,7 @@ fn read_table(
             .try_fold(1u64, |a, &d| a.checked_mul(d))
             .filter(|r| r.checked_mul(cols).is_some())
             .ok_or_else(|| format!("tensor '{name}': shape {shape:?} overflows"))?;
-        if ty.is_quantized() && cols % 32 != 0 {
+        if ty.is_quantized() && !cols.is_multiple_of(32) {
             return Err(format!(
                 "tensor '{name}' is {ty} but its last dimension ({cols}) is not a multiple of 32"
             ));

@@ -330,11 +330,11 @@ pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
 /// `h * head_dim + a * head_dim / 2 + i` is GGUF row `h * head_dim + 2 * i + a`.
 /// `None` if the rows do not split into heads of even size.
 pub fn unpermute_qk_rows(w: &[f32], n_head: usize, cols: usize) -> Option<Vec<f32>> {
-    if n_head == 0 || cols == 0 || w.len() % cols != 0 {
+    if n_head == 0 || cols == 0 || !w.len().is_multiple_of(cols) {
         return None;
     }
     let rows = w.len() / cols;
-    if rows % n_head != 0 || (rows / n_head) % 2 != 0 {
+    if !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) {
         return None;
     }
     let head_dim = rows / n_head;

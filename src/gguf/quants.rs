@@ -83,7 +83,7 @@ pub fn dequantize(t: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), Quant
         values: out.len(),
     };
     let (block, bytes_per_block) = (t.block_size(), t.type_size());
-    if out.len() % block != 0 {
+    if !out.len().is_multiple_of(block) {
         return Err(mismatch);
     }
     match (out.len() / block).checked_mul(bytes_per_block) {

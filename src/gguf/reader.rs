@@ -740,7 +740,7 @@ fn validate_tensor(
     let dims: Vec<usize> = raw.dims.iter().map(|&d| d as usize).collect(); // each ≤ product
 
     let ne0 = dims[0]; // raw_tensor_info guarantees at least one dimension
-    if ne0 % ggml_type.block_size() != 0 {
+    if !ne0.is_multiple_of(ggml_type.block_size()) {
         return Err(bad(format!(
             "row length {ne0} is not a multiple of the {ggml_type} block size {}",
             ggml_type.block_size()

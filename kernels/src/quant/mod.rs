@@ -161,7 +161,7 @@ impl TensorType {
             let size = if self == TensorType::F32 { 4 } else { 2 };
             return numel.checked_mul(size);
         }
-        if cols % QK as u64 != 0 {
+        if !cols.is_multiple_of(QK as u64) {
             return None;
         }
         let blocks = numel / QK as u64;
@@ -319,7 +319,7 @@ impl<'a> WeightsRef<'a> {
         let numel = rows
             .checked_mul(cols)
             .ok_or_else(|| QuantError::Layout(format!("{rows} × {cols} overflows")))?;
-        if ty.is_quantized() && cols % QK != 0 {
+        if ty.is_quantized() && !cols.is_multiple_of(QK) {
             return Err(QuantError::Layout(format!(
                 "{ty} needs a multiple of {QK} columns, got {cols}"
             )));
@@ -676,7 +676,7 @@ impl QuantizedWeights {
                     x.len()
                 ))
             })?;
-        if cols % QK != 0 {
+        if !cols.is_multiple_of(QK) {
             return Err(QuantError::Layout(format!(
                 "{ty} needs a multiple of {QK} columns, got {cols}"
             )));

@@ -105,7 +105,7 @@ pub fn quantize_block(xb: &[f32]) -> Option<(BlockQ4, f16)> {
                 break;
             }
             let (n, err) = round_to(xb, dh.to_f32());
-            if best.as_ref().map_or(true, |b| err < b.2) {
+            if best.as_ref().is_none_or(|b| err < b.2) {
                 best = Some((n, dh, err));
             }
             match refit(xb, &n) {
@@ -125,7 +125,7 @@ pub fn quantize_row(
     scales: &mut [f16],
 ) -> Result<(), QuantError> {
     assert!(
-        x.len() % QK == 0 && quants.len() == x.len() / QK && scales.len() == quants.len(),
+        x.len().is_multiple_of(QK) && quants.len() == x.len() / QK && scales.len() == quants.len(),
         "q4::quantize_row: lengths"
     );
     check_finite(x)?;

@@ -75,7 +75,7 @@ fn consider(xb: &[f32], d: f32, m: f32, best: &mut Option<Candidate>) {
         return;
     }
     let (n, err) = round_to(xb, dh.to_f32(), mh.to_f32());
-    if best.as_ref().map_or(true, |b| err < b.3) {
+    if best.as_ref().is_none_or(|b| err < b.3) {
         *best = Some((n, dh, mh, err));
     }
 }
@@ -108,7 +108,7 @@ pub fn quantize_block(xb: &[f32]) -> Option<(BlockQ4, f16, f16)> {
             *li = round_clamped((v - min) * iscale, 0.0, 15.0) as u8;
         }
         if let Some(f) = fit(xb, &l) {
-            if best_fit.map_or(true, |b| f.2 > b.2) {
+            if best_fit.is_none_or(|b| f.2 > b.2) {
                 best_fit = Some(f);
             }
         }
@@ -138,7 +138,7 @@ pub fn quantize_row(
     mins: &mut [f16],
 ) -> Result<(), QuantError> {
     assert!(
-        x.len() % QK == 0
+        x.len().is_multiple_of(QK)
             && quants.len() == x.len() / QK
             && scales.len() == quants.len()
             && mins.len() == quants.len(),

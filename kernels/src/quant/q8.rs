@@ -32,7 +32,7 @@ pub fn quantize_row(
     scales: &mut [f16],
 ) -> Result<(), QuantError> {
     assert!(
-        x.len() % QK == 0 && quants.len() == x.len() / QK && scales.len() == quants.len(),
+        x.len().is_multiple_of(QK) && quants.len() == x.len() / QK && scales.len() == quants.len(),
         "q8::quantize_row: lengths"
     );
     check_finite(x)?;
