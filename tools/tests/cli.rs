@@ -1,6 +1,6 @@
 //! The `microllm` binary end to end on the real model.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn repo() -> PathBuf {
@@ -505,4 +505,80 @@ fn lora_errors_are_one_clear_line() {
         "sideways",
     ]);
     assert!(!ok && err.contains("sideways"), "{err}");
+}
+
+/// `microllm` with extra environment variables.
+fn microllm_env(env: &[(&str, &str)], args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_microllm"))
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// The last-position logits of a short prompt under one forced tier.
+fn last_logits_with_isa(isa: &str, act: &str, dir: &Path) -> Option<Vec<f32>> {
+    let out_path = dir.join(format!("{isa}-{act}.npy"));
+    let (ok, _, err) = microllm_env(
+        &[("MICROLLM_ISA", isa)],
+        &[
+            "--act",
+            act,
+            "logits",
+            gguf().to_str().unwrap(),
+            "--prompt",
+            "The quick brown fox",
+            "--out",
+            out_path.to_str().unwrap(),
+        ],
+    );
+    if !ok {
+        // A tier this CPU lacks is refused with a clear message.
+        assert!(err.contains("cannot run"), "{isa}: {err}");
+        return None;
+    }
+    let bytes = std::fs::read(&out_path).unwrap();
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    Some(
+        bytes[10 + hlen..]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+    )
+}
+
+#[test]
+fn every_isa_tier_can_be_forced_and_agrees_with_scalar() {
+    let (ok, _, err) = microllm_env(
+        &[("MICROLLM_ISA", "sse9")],
+        &["tokenize", gguf().to_str().unwrap(), "hi"],
+    );
+    assert!(!ok && err.contains("MICROLLM_ISA=sse9"), "{err}");
+    let dir = std::env::temp_dir().join(format!("microllm-cli-isa-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for act in ["f32", "int8"] {
+        let want = last_logits_with_isa("scalar", act, &dir).expect("scalar always runs");
+        let mut ran = 0;
+        for isa in ["avx2", "avx512", "neon"] {
+            let Some(got) = last_logits_with_isa(isa, act, &dir) else {
+                continue;
+            };
+            ran += 1;
+            let max = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            // Sums in another order through 30 layers: far below the
+            // effect of quantization (q8 moves logits by ~0.1).
+            assert!(max < 2e-3, "{isa} {act}: max |Δlogit| {max}");
+        }
+        eprintln!("{act}: {ran} SIMD tiers agree with scalar");
+    }
+    std::fs::remove_dir_all(dir).ok();
 }
