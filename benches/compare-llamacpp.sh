@@ -33,7 +33,8 @@
 #   --out FILE         results as JSON lines (default benches/results/compare-DATE.jsonl)
 #
 # Other environment: PYTHON (interpreter for the venv, default python3),
-# MICROLLM_BIN (a prebuilt microllm binary), CARGO_TARGET_DIR,
+# MICROLLM_BIN (a prebuilt microllm binary), MICROLLM_ARGS (global microllm
+# options, e.g. "--act int8" for int8 activations), CARGO_TARGET_DIR,
 # LLAMACPP_BENCH_ARGS (more options for benches/llamacpp_bench.py, e.g.
 # "--no-repack --no-mmap"), LLAMA_CMAKE_ARGS (more CMake options for the
 # llama.cpp build), LLAMACPP_AMX=1 (keep AMX in that build: see below).
@@ -230,7 +231,8 @@ tag() { # JSON members to put in front of every JSON line on stdin
 }
 run_micro() { # model threads round
   say "  microllm  $1  threads=$2"
-  "$MICROLLM_BIN" bench "$1" --threads "$2" "${MICRO_TESTS[@]}" --reps "$REPS" --json |
+  # shellcheck disable=SC2086 # MICROLLM_ARGS is a list of options
+  "$MICROLLM_BIN" ${MICROLLM_ARGS:-} bench "$1" --threads "$2" "${MICRO_TESTS[@]}" --reps "$REPS" --json |
     tag "\"engine\":\"microllm\",\"round\":$3" >>"$OUT"
 }
 run_llama() { # model threads round
