@@ -31,23 +31,6 @@ pub fn matmul(out: &mut [f32], x: &[f32], w: &[f32], n: usize, cols: usize, rows
     w.matmul(out, x, n);
 }
 
-/// `out (n, rows)` from `out_t (rows, n)`.
-///
-/// In 32 × 32 tiles, so that both sides stay in cache: the plain double
-/// loop writes with a stride of `rows` floats and misses on every store.
-pub(crate) fn transpose_into(out: &mut [f32], out_t: &[f32], rows: usize, n: usize) {
-    const B: usize = 32;
-    for r0 in (0..rows).step_by(B) {
-        for t0 in (0..n).step_by(B) {
-            for r in r0..(r0 + B).min(rows) {
-                for t in t0..(t0 + B).min(n) {
-                    out[t * rows + r] = out_t[r * n + t];
-                }
-            }
-        }
-    }
-}
-
 /// RMSNorm of one vector: `out = x / sqrt(mean(x²) + eps) * weight`.
 /// The mean of squares is summed in f64 so that the norm is exact to f32.
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {

@@ -215,6 +215,44 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// Fills `out (n, rows)` in blocks of `per` weight rows: task `i` gets
+    /// rows `i·per..`, has `f(i, block)` fill a `(rows of the block, n)`
+    /// buffer, and writes it into its own columns of `out`. The transpose
+    /// happens in the task, while the block is still in cache.
+    pub fn for_row_blocks_transposed(
+        &self,
+        out: &mut [f32],
+        n: usize,
+        rows: usize,
+        per: usize,
+        f: &(dyn Fn(usize, &mut [f32]) + Sync),
+    ) {
+        assert_eq!(
+            out.len(),
+            n * rows,
+            "for_row_blocks_transposed: out is not (n, rows)"
+        );
+        let per = per.max(1);
+        let base = SendPtr(out.as_mut_ptr());
+        self.run(rows.div_ceil(per), &|i| {
+            let r0 = i * per;
+            let m = per.min(rows - r0);
+            let mut block = vec![0.0f32; m * n];
+            f(i, &mut block);
+            for t in 0..n {
+                let src = &block[..];
+                for rr in 0..m {
+                    // SAFETY: (t, r0 + rr) lies inside `out` (t < n, r0 +
+                    // rr < rows), and only the task owning row r0 + rr
+                    // writes it; `out` stays borrowed until `run` returns.
+                    unsafe { *base.get().add(t * rows + r0 + rr) = src[rr * n + t] };
+                }
+            }
+        });
+    }
+}
+
 /// A raw pointer that may cross threads; see the SAFETY note at its use.
 struct SendPtr<T>(*mut T);
 impl<T> Clone for SendPtr<T> {
@@ -363,6 +401,27 @@ mod tests {
                     }
                 });
                 assert!(v.iter().enumerate().all(|(k, &x)| x == k + 1));
+            }
+        }
+    }
+
+    #[test]
+    fn row_blocks_land_transposed() {
+        let pool = Pool::new(2);
+        for (n, rows, per) in [(1usize, 5usize, 2usize), (3, 7, 3), (4, 64, 16), (2, 1, 5)] {
+            let mut out = vec![f32::NAN; n * rows];
+            pool.for_row_blocks_transposed(&mut out, n, rows, per, &|i, block| {
+                let m = block.len() / n;
+                for rr in 0..m {
+                    for t in 0..n {
+                        block[rr * n + t] = ((i * per + rr) * 100 + t) as f32;
+                    }
+                }
+            });
+            for t in 0..n {
+                for r in 0..rows {
+                    assert_eq!(out[t * rows + r], (r * 100 + t) as f32);
+                }
             }
         }
     }

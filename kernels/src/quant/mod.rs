@@ -15,7 +15,6 @@
 //!   does.
 
 use crate::dispatch::Kernels;
-use crate::f32::transpose_into;
 use crate::pool::Pool;
 use half::f16;
 use rayon::prelude::*;
@@ -575,8 +574,8 @@ fn rows_per_task(rows: usize, cols: usize, threads: usize) -> usize {
 }
 
 /// Fills `out (n, rows)` by calling `f(row range, out_t block)` on blocks of
-/// weight rows over `pool`, where each block of `out_t` is `(rows, n)`
-/// row-major; for `n > 1` the result is transposed back into `out`.
+/// weight rows over `pool`, where each block is `(rows, n)` row-major; for
+/// `n > 1` each task transposes its block into `out`.
 fn par_row_blocks(
     pool: &Pool,
     out: &mut [f32],
@@ -589,18 +588,16 @@ fn par_row_blocks(
         return;
     }
     let per = rows_per_task(rows, cols, pool.threads());
-    let run = |dst: &mut [f32]| {
-        pool.for_chunks(dst, per * n, &|i, o| {
+    if n == 1 {
+        pool.for_chunks(out, per, &|i, o| {
+            let r0 = i * per;
+            f(r0..r0 + o.len(), o)
+        });
+    } else {
+        pool.for_row_blocks_transposed(out, n, rows, per, &|i, o| {
             let r0 = i * per;
             f(r0..r0 + o.len() / n, o)
-        })
-    };
-    if n == 1 {
-        run(out);
-    } else {
-        let mut out_t = vec![0.0f32; rows * n];
-        run(&mut out_t);
-        transpose_into(out, &out_t, rows, n);
+        });
     }
 }
 

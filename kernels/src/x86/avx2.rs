@@ -557,7 +557,7 @@ unsafe fn f32_rows<const R: usize, const T: usize>(
 /// Dequantizes row `r` (d·q, one rounding per weight as the scalar
 /// `dequantize_row`) into `buf` (`cols` values).
 #[inline(always)]
-unsafe fn dequant_row(w: &WeightsRef<'_>, r: usize, buf: &mut [f32]) {
+pub(crate) unsafe fn dequant_row(w: &WeightsRef<'_>, r: usize, buf: &mut [f32]) {
     let cols = w.cols();
     let nb = cols / QK;
     let bp = buf.as_mut_ptr();

@@ -79,6 +79,10 @@ pub(crate) fn matmul_f32_entry(
         // after avx512_available(); the kernel checks lengths.
         Planes::Q4 { .. } | Planes::Q8 { .. } if n == 1 => unsafe { f32_decode(w, rows, x, out) },
         // SAFETY: as above.
+        Planes::F32(_) | Planes::F16(_) | Planes::Q4 { .. } | Planes::Q8 { .. }
+            if n > 1 && w.cols().is_multiple_of(16) =>
+        unsafe { f32_prefill(w, rows, x, n, out) },
+        // SAFETY: as above.
         _ => unsafe { f32_imp(w, rows, x, n, out) },
     }
 }
@@ -575,5 +579,107 @@ unsafe fn f32_decode(w: &WeightsRef<'_>, rows: Range<usize>, x: &[f32], out: &mu
     while i < m {
         out[i] = f32_decode_rows::<1>(q4, quants, scales, nb, x, rows.start + i)[0];
         i += 1;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Prefill with f32 activations: weights dequantized four rows at a time
+// (once per call), then a 4 × 6 tile of 512-bit dot products: 24
+// accumulators, six activation registers and one weight register of the 32.
+// ---------------------------------------------------------------------------
+
+/// `R` rows (pointers to `cols` f32 each) against tokens `t0..t0 + T`.
+#[inline(always)]
+unsafe fn f32_tile512<const R: usize, const T: usize>(
+    w: [*const f32; R],
+    x: *const f32,
+    cols: usize,
+    t0: usize,
+) -> [[f32; T]; R] {
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let mut c = 0;
+    while c < cols {
+        let a: [__m512; T] = std::array::from_fn(|t| _mm512_loadu_ps(x.add((t0 + t) * cols + c)));
+        for r in 0..R {
+            let wv = _mm512_loadu_ps(w[r].add(c));
+            for t in 0..T {
+                acc[r][t] = _mm512_fmadd_ps(wv, a[t], acc[r][t]);
+            }
+        }
+        c += 16;
+    }
+    std::array::from_fn(|r| std::array::from_fn(|t| _mm512_reduce_add_ps(acc[r][t])))
+}
+
+/// `R` rows against all `n` tokens, into `out[r·n + t]`.
+#[inline(always)]
+unsafe fn f32_rows512<const R: usize>(
+    w: [*const f32; R],
+    x: &[f32],
+    n: usize,
+    cols: usize,
+    out: &mut [f32],
+) {
+    const T: usize = 6;
+    let mut t0 = 0;
+    while t0 + T <= n {
+        let res = f32_tile512::<R, T>(w, x.as_ptr(), cols, t0);
+        for r in 0..R {
+            out[r * n + t0..r * n + t0 + T].copy_from_slice(&res[r]);
+        }
+        t0 += T;
+    }
+    while t0 < n {
+        let res = f32_tile512::<R, 1>(w, x.as_ptr(), cols, t0);
+        for r in 0..R {
+            out[r * n + t0] = res[r][0];
+        }
+        t0 += 1;
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn f32_prefill(
+    w: &WeightsRef<'_>,
+    rows: Range<usize>,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) {
+    let cols = w.cols();
+    let m = rows.len();
+    assert!(rows.end <= w.rows(), "matmul: rows out of range");
+    assert_eq!(cols % 16, 0, "f32_prefill: cols must be a multiple of 16");
+    assert_eq!(x.len(), n * cols, "matmul: x is not (n, cols)");
+    assert_eq!(out.len(), m * n, "matmul: out is not (rows, n)");
+    const R: usize = 4;
+    let f32_rows = match w.planes() {
+        Planes::F32(v) => Some(v),
+        _ => None,
+    };
+    let mut buf = vec![0f32; if f32_rows.is_some() { 0 } else { R * cols }];
+    let mut i = 0;
+    while i < m {
+        let rt = (m - i).min(R);
+        let ptrs: [*const f32; R] = match f32_rows {
+            Some(v) => {
+                std::array::from_fn(|k| v.as_ptr().add((rows.start + i + k.min(rt - 1)) * cols))
+            }
+            None => {
+                for k in 0..rt {
+                    avx2::dequant_row(w, rows.start + i + k, &mut buf[k * cols..(k + 1) * cols]);
+                }
+                std::array::from_fn(|k| buf.as_ptr().add(k.min(rt - 1) * cols))
+            }
+        };
+        let o = &mut out[i * n..(i + rt) * n];
+        if rt == R {
+            f32_rows512::<R>(ptrs, x, n, cols, o);
+        } else {
+            for k in 0..rt {
+                f32_rows512::<1>([ptrs[k]], x, n, cols, &mut o[k * n..(k + 1) * n]);
+            }
+        }
+        i += rt;
     }
 }
