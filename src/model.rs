@@ -459,6 +459,32 @@ impl Model {
         self.load_time
     }
 
+    /// Bytes of weights one decoded token reads: every matrix and norm of
+    /// every layer, the final norm, the output head, and one row of the
+    /// token embedding (the whole matrix when it is also the head). The
+    /// KV cache comes on top (`2 · n_layers · kv_dim · 4` bytes per cached
+    /// position).
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let w = &self.weights;
+        let layers: usize = w
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.attn_norm, &l.ffn_norm]
+                    .into_iter()
+                    .chain(Proj::ALL.iter().map(|&p| l.proj(p)))
+                    .map(|t| t.byte_len())
+                    .sum::<usize>()
+            })
+            .sum();
+        let emb = &w.token_embedding;
+        let head = match &w.lm_head {
+            Some(h) => h.byte_len() + emb.byte_len() / self.config.vocab_size.max(1),
+            None => emb.byte_len(),
+        };
+        layers + w.final_norm.byte_len() + head
+    }
+
     /// A KV cache for this model holding up to `capacity` positions (capped
     /// at the model's context length).
     pub fn new_cache(&self, capacity: usize) -> KvCache {

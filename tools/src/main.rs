@@ -331,6 +331,10 @@ struct BenchArgs {
     /// One JSON object per test on its own line.
     #[arg(long)]
     json: bool,
+    /// Also measure the memory read bandwidth (a read loop over 1 GiB on
+    /// the same threads), the ceiling for decode; it raises peak RSS.
+    #[arg(long)]
+    bandwidth: bool,
     #[command(flatten)]
     lora: LoraArgs,
 }
@@ -629,26 +633,51 @@ fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
         rows.push((format!("tg{}", a.gen), spread(speeds), None));
     }
     let rss = peak_rss_bytes();
+    let bytes_per_token = model.weight_bytes_per_token();
+    let ceiling = if a.bandwidth {
+        Some(read_bandwidth())
+    } else {
+        None
+    };
     for (test, (median, min, max), ttft_ms) in &rows {
+        // Decode reads every weight once per token: the bandwidth it uses.
+        let gb_s = test
+            .starts_with("tg")
+            .then(|| median * bytes_per_token as f64 / 1e9);
         if a.json {
             let v = serde_json::json!({
                 "test": test, "threads": threads, "isa": isa.name(), "act": model.activations().name(), "tok_s": median, "tok_s_min": min, "tok_s_max": max,
                 "reps": a.reps, "time_to_first_token_ms": ttft_ms, "load_ms": load_ms,
                 "peak_rss_bytes": rss, "model": a.model.display().to_string(),
                 "lora_mode": lora_mode, "lora_unmerged_bytes": lora_bytes,
+                "weight_bytes_per_token": bytes_per_token, "weight_gb_s": gb_s,
             });
             println!("{v}");
         } else {
             let ttft = ttft_ms
                 .map(|t| format!("  first token {t:.1} ms"))
                 .unwrap_or_default();
-            println!("{test:>6}  {threads} threads  {isa:<6}  {median:8.1} tok/s  (min {min:.1}, max {max:.1}){ttft}");
+            let bw = gb_s
+                .map(|g| format!("  {g:.1} GB/s of weights"))
+                .unwrap_or_default();
+            println!("{test:>6}  {threads} threads  {isa:<6}  {median:8.1} tok/s  (min {min:.1}, max {max:.1}){ttft}{bw}");
+        }
+    }
+    if let Some(c) = ceiling {
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"test": "read", "threads": threads, "gb_s": c})
+            );
+        } else {
+            println!("  read  {threads} threads  {c:8.1} GB/s (read loop over 1 GiB: the decode ceiling is {:.0} tok/s)", c * 1e9 / bytes_per_token as f64);
         }
     }
     if !a.json {
         println!(
-            "load {load_ms:.1} ms, peak RSS {:.1} MiB",
-            rss.unwrap_or(0) as f64 / (1 << 20) as f64
+            "load {load_ms:.1} ms, peak RSS {:.1} MiB, {:.1} MiB of weights read per token",
+            rss.unwrap_or(0) as f64 / (1 << 20) as f64,
+            bytes_per_token as f64 / (1 << 20) as f64
         );
         if lora_mode != "none" {
             println!(
@@ -659,6 +688,37 @@ fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Memory read bandwidth in GB/s: the best of five passes of a read loop
+/// over 1 GiB, split over the model's thread pool (what decode can reach
+/// at best when every weight comes from memory).
+fn read_bandwidth() -> f64 {
+    let buf: Vec<u64> = (0..(1u64 << 27)).collect();
+    let pool = microllm::pool::global();
+    let chunk = 1 << 16;
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let total = std::sync::atomic::AtomicU64::new(0);
+        pool.run(buf.len() / chunk, &|i| {
+            // Eight independent sums, so the loop is bound by loads.
+            let mut acc = [0u64; 8];
+            for c in buf[i * chunk..(i + 1) * chunk].chunks_exact(8) {
+                for k in 0..8 {
+                    acc[k] = acc[k].wrapping_add(c[k]);
+                }
+            }
+            total.fetch_add(
+                acc.iter().fold(0, |a, &b| a.wrapping_add(b)),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        });
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(total.load(std::sync::atomic::Ordering::Relaxed));
+        best = best.max((buf.len() * 8) as f64 / secs / 1e9);
+    }
+    best
 }
 
 fn cmd_convert(a: ConvertArgs) -> Result<()> {
