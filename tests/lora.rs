@@ -338,7 +338,10 @@ fn session_attach_detach_and_scale_recompute_the_context() {
     let with_last = last(&unmerged(&b, &[(&a, 1.0)]));
 
     let mut s = Session::new(b.clone());
-    assert_eq!(s.append(&IDS).unwrap(), &base_last[..]);
+    // The session feeds the last token on its own (a one-row product) and
+    // `logits` all at once: SIMD kernels sum in another order, so equal
+    // within rounding rather than bit for bit.
+    assert!(max_diff(s.append(&IDS).unwrap(), &base_last) <= F32_TOL);
     // Attaching keeps the tokens and recomputes them with the adapter.
     s.attach_lora(a.clone(), 1.0).unwrap();
     assert_eq!(s.tokens(), &IDS);
@@ -349,7 +352,7 @@ fn session_attach_detach_and_scale_recompute_the_context() {
     s.set_lora_scale(&a, 0.0).unwrap();
     let (l, computed) = s.set_tokens(&IDS).unwrap();
     assert_eq!(computed, IDS.len());
-    assert_eq!(l, &base_last[..]);
+    assert!(max_diff(l, &base_last) <= F32_TOL);
     // ...and only the last token when nothing changed.
     let (_, computed) = s.set_tokens(&IDS).unwrap();
     assert_eq!(computed, 1);
@@ -360,13 +363,13 @@ fn session_attach_detach_and_scale_recompute_the_context() {
     assert_eq!(s.lora().adapters().len(), 1);
     assert!(s.detach_lora(&a));
     assert!(!s.detach_lora(&a));
-    assert_eq!(s.append(&[]).unwrap(), &base_last[..]);
+    assert!(max_diff(s.append(&[]).unwrap(), &base_last) <= F32_TOL);
     // Two sessions on one model, one with the adapter: independent.
     let mut s2 = Session::new(b.clone());
     s2.attach_lora(a.clone(), 1.0).unwrap();
     let l2 = s2.append(&IDS).unwrap().to_vec();
     assert!(max_diff(&l2, &with_last) <= F32_TOL);
-    assert_eq!(s.append(&[]).unwrap(), &base_last[..]);
+    assert!(max_diff(s.append(&[]).unwrap(), &base_last) <= F32_TOL);
     // Generation runs with the adapter.
     let g = s2
         .generate_tokens(&[], &Default::default(), |_| microllm::Control::Continue)
