@@ -26,6 +26,7 @@ pub mod gguf;
 pub mod hf;
 pub mod model;
 pub mod perplexity;
+pub mod prune;
 pub mod safetensors;
 pub mod sampler;
 pub mod session;
