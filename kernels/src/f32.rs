@@ -3,8 +3,6 @@
 //! Matrices are row-major. A weight `w` of shape `(out, in)` holds the
 //! weights of output `o` in `w[o * in..(o + 1) * in]` (PyTorch `nn.Linear`).
 
-use rayon::prelude::*;
-
 /// Dot product with eight independent partial sums: fewer rounding steps in
 /// a row than a single running sum, and a shape the compiler vectorises.
 #[inline]
@@ -25,59 +23,12 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// Output rows handed to one rayon task: enough work (~64 KiB of f32
-/// weights at width 576) to outweigh the task's scheduling cost.
-pub(crate) const ROWS_PER_TASK: usize = 32;
-
-/// `out (n, rows) = x (n, cols) · wᵀ` where `w` is `(rows, cols)`.
-///
-/// Parallel over blocks of weight rows, so each weight row is read once from
-/// memory and used for all `n` input vectors.
+/// `out (n, rows) = x (n, cols) · wᵀ` where `w` is `(rows, cols)`, on the
+/// active tier and the global pool.
 pub fn matmul(out: &mut [f32], x: &[f32], w: &[f32], n: usize, cols: usize, rows: usize) {
-    assert_eq!(x.len(), n * cols, "matmul: x is not (n, cols)");
-    assert_eq!(w.len(), rows * cols, "matmul: w is not (rows, cols)");
-    assert_eq!(out.len(), n * rows, "matmul: out is not (n, rows)");
-    par_rows(out, n, rows, |r, t| {
-        dot(&w[r * cols..(r + 1) * cols], &x[t * cols..(t + 1) * cols])
-    });
-}
-
-/// Fills `out (n, rows)` with `f(row, token)`, in parallel over blocks of
-/// rows. Every matrix product in the crate is this loop with its own `f`.
-pub(crate) fn par_rows(
-    out: &mut [f32],
-    n: usize,
-    rows: usize,
-    f: impl Fn(usize, usize) -> f32 + Sync,
-) {
-    if n == 0 || rows == 0 {
-        return;
-    }
-    if n == 1 {
-        out.par_chunks_mut(ROWS_PER_TASK)
-            .enumerate()
-            .for_each(|(chunk, o)| {
-                for (i, v) in o.iter_mut().enumerate() {
-                    *v = f(chunk * ROWS_PER_TASK + i, 0);
-                }
-            });
-        return;
-    }
-    // Work in (rows, n) order so that tasks own disjoint output slices, then
-    // transpose: the transpose costs n·rows moves against n·rows·cols FMAs.
-    let mut out_t = vec![0.0f32; rows * n];
-    out_t
-        .par_chunks_mut(ROWS_PER_TASK * n)
-        .enumerate()
-        .for_each(|(chunk, block)| {
-            for (i, row_out) in block.chunks_mut(n).enumerate() {
-                let r = chunk * ROWS_PER_TASK + i;
-                for (t, o) in row_out.iter_mut().enumerate() {
-                    *o = f(r, t);
-                }
-            }
-        });
-    transpose_into(out, &out_t, rows, n);
+    let w = crate::quant::WeightsRef::new(rows, cols, crate::quant::Planes::F32(w))
+        .expect("matmul: w is not (rows, cols)");
+    w.matmul(out, x, n);
 }
 
 /// `out (n, rows)` from `out_t (rows, n)`.

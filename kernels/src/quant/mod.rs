@@ -14,10 +14,13 @@
 //!   integer products summed per block, scaled once per block, as llama.cpp
 //!   does.
 
-use crate::f32::{par_rows, transpose_into, ROWS_PER_TASK};
+use crate::dispatch::Kernels;
+use crate::f32::transpose_into;
+use crate::pool::Pool;
 use half::f16;
 use rayon::prelude::*;
 use std::fmt;
+use std::ops::Range;
 
 pub mod baseline;
 pub mod q4;
@@ -646,53 +649,84 @@ impl<'a> WeightsRef<'a> {
         }
     }
 
-    /// `out (n, rows) = x (n, cols) · Wᵀ`, with each block of `W`
-    /// dequantized inside the dot product (never the whole matrix).
-    /// Parallel over rows as [`crate::f32::matmul`].
+    /// `out (n, rows) = x (n, cols) · Wᵀ` with f32 activations, each block
+    /// of `W` dequantized inside the product (never the whole matrix), on
+    /// the active tier ([`crate::dispatch::kernels`]) and the global
+    /// [`crate::pool`].
     pub fn matmul(&self, out: &mut [f32], x: &[f32], n: usize) {
-        let (rows, cols) = (self.rows, self.cols);
-        assert_eq!(x.len(), n * cols, "matmul: x is not (n, cols)");
-        assert_eq!(out.len(), n * rows, "matmul: out is not (n, rows)");
-        if n == 1 || !self.ty().is_quantized() {
-            par_rows(out, n, rows, |r, t| {
-                self.dot_row(r, &x[t * cols..(t + 1) * cols])
-            });
-            return;
-        }
-        // Many tokens: dequantize each row once and reuse it for all of
-        // them, instead of once per token inside `dot_row`.
-        let mut out_t = vec![0.0f32; rows * n];
-        out_t
-            .par_chunks_mut(ROWS_PER_TASK * n)
-            .enumerate()
-            .for_each(|(chunk, block)| {
-                let mut row = vec![0.0f32; cols];
-                for (i, row_out) in block.chunks_mut(n).enumerate() {
-                    self.dequantize_row(chunk * ROWS_PER_TASK + i, &mut row);
-                    for (t, o) in row_out.iter_mut().enumerate() {
-                        *o = crate::f32::dot(&row, &x[t * cols..(t + 1) * cols]);
-                    }
-                }
-            });
-        transpose_into(out, &out_t, rows, n);
+        self.matmul_with(crate::dispatch::kernels(), crate::pool::global(), out, x, n)
+    }
+
+    /// [`WeightsRef::matmul`] on a given tier and pool.
+    pub fn matmul_with(&self, k: &Kernels, pool: &Pool, out: &mut [f32], x: &[f32], n: usize) {
+        assert_eq!(x.len(), n * self.cols, "matmul: x is not (n, cols)");
+        assert_eq!(out.len(), n * self.rows, "matmul: out is not (n, rows)");
+        let f = k.matmul_f32;
+        par_row_blocks(pool, out, n, self.rows, self.cols, &|rows, o| {
+            f(self, rows, x, n, o)
+        });
     }
 
     /// `out (n, rows) = x · Wᵀ` with `x` quantized to int8 per block
     /// ([`Q8Activations`]): integer products within each block, one float
-    /// multiply-add per block.
+    /// multiply-add per block; on the active tier and the global pool.
     ///
     /// # Panics
     /// For f32 and f16 weights, or when `x` is not `cols` wide.
     pub fn matmul_q8(&self, out: &mut [f32], x: &Q8Activations) {
-        assert!(
-            self.ty().is_quantized(),
-            "matmul_q8: {} weights have no int8 kernel",
-            self.ty()
-        );
+        self.matmul_q8_with(crate::dispatch::kernels(), crate::pool::global(), out, x)
+    }
+
+    /// [`WeightsRef::matmul_q8`] on a given tier and pool.
+    pub fn matmul_q8_with(&self, k: &Kernels, pool: &Pool, out: &mut [f32], x: &Q8Activations) {
+        let f = k
+            .matmul_q8_for(self)
+            .unwrap_or_else(|| panic!("matmul_q8: {} weights have no int8 kernel", self.ty()));
         assert_eq!(x.cols(), self.cols, "matmul_q8: x is not (n, cols)");
-        let (n, rows) = (x.n(), self.rows);
-        assert_eq!(out.len(), n * rows, "matmul_q8: out is not (n, rows)");
-        par_rows(out, n, rows, |r, t| self.dot_row_q8(r, x.row(t)));
+        let n = x.n();
+        assert_eq!(out.len(), n * self.rows, "matmul_q8: out is not (n, rows)");
+        par_row_blocks(pool, out, n, self.rows, self.cols, &|rows, o| {
+            f(self, rows, x, o)
+        });
+    }
+}
+
+/// Weight rows per task: about 16 KiB of q4 weights, at least 16 rows (a
+/// whole number of the kernels' row tiles) and at least four tasks per
+/// thread, so that a core slowed by another process hands work over.
+fn rows_per_task(rows: usize, cols: usize, threads: usize) -> usize {
+    let by_size = (32 * 1024 / cols.max(1)).max(16);
+    let by_balance = rows.div_ceil(4 * threads.max(1)).max(16);
+    by_size.min(by_balance).next_multiple_of(16)
+}
+
+/// Fills `out (n, rows)` by calling `f(row range, out_t block)` on blocks of
+/// weight rows over `pool`, where each block of `out_t` is `(rows, n)`
+/// row-major; for `n > 1` the result is transposed back into `out`.
+fn par_row_blocks(
+    pool: &Pool,
+    out: &mut [f32],
+    n: usize,
+    rows: usize,
+    cols: usize,
+    f: &(dyn Fn(Range<usize>, &mut [f32]) + Sync),
+) {
+    if n == 0 || rows == 0 {
+        return;
+    }
+    let per = rows_per_task(rows, cols, pool.threads());
+    let run = |dst: &mut [f32]| {
+        pool.for_chunks(dst, per * n, &|i, o| {
+            let r0 = i * per;
+            f(r0..r0 + o.len() / n, o)
+        })
+    };
+    if n == 1 {
+        run(out);
+    } else {
+        let mut out_t = vec![0.0f32; rows * n];
+        run(&mut out_t);
+        transpose_into(out, &out_t, rows, n);
     }
 }
 
@@ -959,6 +993,44 @@ pub fn encode(ty: TensorType, x: &[f32], rows: usize, cols: usize) -> Result<Vec
     }
 }
 
+/// Quantizes whole blocks of 32 activations to int8, the scalar twin of
+/// every tier's `quantize_q8`: per block `d = max|x| / 127`,
+/// `q = round_ties_even(x · (1 / d))` clamped to ±127 (a zero block gets
+/// `d = 0` and zeros), and the sum of the block's quants.
+///
+/// A NaN or infinite value makes the block's scale NaN, so the outputs that
+/// use it are NaN: the error propagates instead of turning into plausible
+/// numbers.
+///
+/// # Panics
+/// When the lengths do not agree (`x.len() = 32 · quants.len()`).
+pub fn quantize_q8_blocks(x: &[f32], quants: &mut [BlockQ8], scales: &mut [f32], sums: &mut [i32]) {
+    assert!(
+        x.len() == quants.len() * QK && scales.len() == quants.len() && sums.len() == quants.len(),
+        "quantize_q8_blocks: lengths"
+    );
+    for (((xb, q), s), sum) in x.chunks_exact(QK).zip(quants).zip(scales).zip(sums) {
+        // A fold that keeps NaN (f32::max would drop it).
+        let amax = xb.iter().fold(0.0f32, |m, v| {
+            if v.is_nan() || m.is_nan() {
+                f32::NAN
+            } else {
+                m.max(v.abs())
+            }
+        });
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut total = 0i32;
+        for (qi, &v) in q.qs.iter_mut().zip(xb) {
+            // `as` saturates and maps NaN to 0; the NaN scale carries it.
+            *qi = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
+            total += *qi as i32;
+        }
+        *s = if amax.is_finite() { d } else { f32::NAN };
+        *sum = total;
+    }
+}
+
 /// Activations `(n, cols)` quantized to int8 per block of 32 with an f32
 /// scale `max|x| / 127` (round to nearest), for the integer kernels.
 ///
@@ -975,11 +1047,29 @@ pub struct Q8Activations {
 }
 
 impl Q8Activations {
-    /// Quantizes `x (n, cols)`.
+    /// Quantizes `x (n, cols)` on the active tier (every tier gives the
+    /// same bits).
     ///
     /// # Panics
     /// When `cols` is not a multiple of 32 or `x` is not `n × cols`.
     pub fn quantize(x: &[f32], n: usize, cols: usize) -> Q8Activations {
+        let mut a = Q8Activations {
+            n: 0,
+            cols,
+            quants: Vec::new(),
+            scales: Vec::new(),
+            sums: Vec::new(),
+        };
+        a.requantize_with(crate::dispatch::kernels(), x, n, cols);
+        a
+    }
+
+    /// Quantizes `x (n, cols)` into this buffer, reusing its memory, with
+    /// the kernel of tier `k`.
+    ///
+    /// # Panics
+    /// When `cols` is not a multiple of 32 or `x` is not `n × cols`.
+    pub fn requantize_with(&mut self, k: &Kernels, x: &[f32], n: usize, cols: usize) {
         assert_eq!(
             cols % QK,
             0,
@@ -987,41 +1077,12 @@ impl Q8Activations {
         );
         assert_eq!(x.len(), n * cols, "Q8Activations: x is not (n, cols)");
         let nblocks = x.len() / QK;
-        let mut quants = vec![BlockQ8 { qs: [0; QK] }; nblocks];
-        let mut scales = vec![0.0f32; nblocks];
-        let mut sums = vec![0i32; nblocks];
-        for (((xb, q), s), sum) in x
-            .chunks_exact(QK)
-            .zip(&mut quants)
-            .zip(&mut scales)
-            .zip(&mut sums)
-        {
-            // A fold that keeps NaN (f32::max would drop it).
-            let amax = xb.iter().fold(0.0f32, |m, v| {
-                if v.is_nan() || m.is_nan() {
-                    f32::NAN
-                } else {
-                    m.max(v.abs())
-                }
-            });
-            let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut total = 0i32;
-            for (qi, &v) in q.qs.iter_mut().zip(xb) {
-                // `as` saturates and maps NaN to 0; the NaN scale carries it.
-                *qi = (v * id).round().clamp(-127.0, 127.0) as i8;
-                total += *qi as i32;
-            }
-            *s = if amax.is_finite() { d } else { f32::NAN };
-            *sum = total;
-        }
-        Q8Activations {
-            n,
-            cols,
-            quants,
-            scales,
-            sums,
-        }
+        self.n = n;
+        self.cols = cols;
+        self.quants.resize(nblocks, BlockQ8 { qs: [0; QK] });
+        self.scales.resize(nblocks, 0.0);
+        self.sums.resize(nblocks, 0);
+        (k.quantize_q8)(x, &mut self.quants, &mut self.scales, &mut self.sums);
     }
 
     /// Tokens.

@@ -1,0 +1,1 @@
+//! NEON + dotprod kernels.

@@ -1,0 +1,250 @@
+//! The run-time choice of instruction set: one table of kernel functions
+//! per tier, picked once per process.
+//!
+//! Every entry of a SIMD table has a scalar twin in [`SCALAR`], and the
+//! tests in `kernels/tests/isa.rs` hold each tier available on the machine
+//! to it. `MICROLLM_ISA=scalar|avx2|avx512|neon` forces a tier (an error if
+//! the CPU lacks it), so that every tier can be tested and benchmarked on
+//! one machine.
+
+use crate::quant::{BlockQ8, Q8Activations, WeightsRef};
+use std::fmt;
+use std::ops::Range;
+use std::sync::OnceLock;
+
+/// An instruction-set tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Isa {
+    /// Portable Rust, the reference.
+    Scalar,
+    /// x86-64 with AVX2 and FMA.
+    Avx2,
+    /// x86-64 with AVX-512 (F, BW, VL) and VNNI.
+    Avx512,
+    /// aarch64 with NEON and the dot-product extension.
+    Neon,
+}
+
+impl Isa {
+    /// Every tier, in order of preference (last is best).
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
+
+    /// The name `MICROLLM_ISA` takes.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
+        }
+    }
+
+    /// The tier with this name.
+    pub fn from_name(name: &str) -> Option<Isa> {
+        Isa::ALL.into_iter().find(|i| i.name() == name)
+    }
+
+    /// Whether this CPU can run the tier (and this build has it).
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => crate::x86::avx2_available(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => crate::x86::avx512_available(),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => crate::aarch64::neon_available(),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The tiers this CPU can run, scalar first.
+    pub fn available() -> Vec<Isa> {
+        Isa::ALL.into_iter().filter(|i| i.is_available()).collect()
+    }
+
+    /// The best tier this CPU can run.
+    pub fn best() -> Isa {
+        Isa::available().pop().unwrap_or(Isa::Scalar)
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `out[(r - rows.start) · n + t] = Σ_c W[r, c] · x[t, c]` for the weight
+/// rows `rows` and all `n` tokens of `x`: quantized weights times int8
+/// activations. `out` is `(rows.len(), n)`, row-major by weight row, so
+/// that threads own disjoint slices of it.
+pub type MatmulQ8Fn =
+    fn(w: &WeightsRef<'_>, rows: Range<usize>, x: &Q8Activations, out: &mut [f32]);
+
+/// As [`MatmulQ8Fn`] with f32 activations `x (n, cols)`: quantized (or
+/// f32/f16) weights dequantized inside the product.
+pub type MatmulF32Fn =
+    fn(w: &WeightsRef<'_>, rows: Range<usize>, x: &[f32], n: usize, out: &mut [f32]);
+
+/// Quantizes whole blocks of activations to int8 (see [`Kernels::quantize_q8`]).
+pub type QuantizeQ8Fn = fn(x: &[f32], quants: &mut [BlockQ8], scales: &mut [f32], sums: &mut [i32]);
+
+/// The kernels of one tier.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    /// The tier.
+    pub isa: Isa,
+    /// Quantizes whole blocks of 32 activations to int8: per block
+    /// `d = max|x| / 127`, `q = round_ties_even(x / d)`, and the sum of q.
+    /// The scalar twin is [`crate::quant::quantize_q8_blocks`]; every tier
+    /// gives bit-identical results.
+    pub quantize_q8: QuantizeQ8Fn,
+    /// q8 weights × int8 activations.
+    pub matmul_q8_q8: MatmulQ8Fn,
+    /// q4 weights × int8 activations.
+    pub matmul_q4_q8: MatmulQ8Fn,
+    /// q4m weights × int8 activations.
+    pub matmul_q4m_q8: MatmulQ8Fn,
+    /// Any weights × f32 activations.
+    pub matmul_f32: MatmulF32Fn,
+    /// `Σ a[i] · b[i]` (attention scores, f32 weights).
+    pub dot: fn(a: &[f32], b: &[f32]) -> f32,
+    /// `y[i] += a · x[i]` (attention's weighted sum of values).
+    pub axpy: fn(y: &mut [f32], a: f32, x: &[f32]),
+}
+
+impl fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kernels").field("isa", &self.isa).finish()
+    }
+}
+
+/// The scalar reference tier.
+pub static SCALAR: Kernels = Kernels {
+    isa: Isa::Scalar,
+    quantize_q8: crate::quant::quantize_q8_blocks,
+    matmul_q8_q8: scalar_matmul_q8,
+    matmul_q4_q8: scalar_matmul_q8,
+    matmul_q4m_q8: scalar_matmul_q8,
+    matmul_f32: scalar_matmul_f32,
+    dot: crate::f32::dot,
+    axpy: scalar_axpy,
+};
+
+/// Row-by-row reference: one scalar `dot_q8` per (row, token).
+fn scalar_matmul_q8(w: &WeightsRef<'_>, rows: Range<usize>, x: &Q8Activations, out: &mut [f32]) {
+    let n = x.n();
+    for (r, o) in rows.zip(out.chunks_exact_mut(n.max(1))) {
+        for (t, v) in o.iter_mut().enumerate() {
+            *v = w.dot_row_q8(r, x.row(t));
+        }
+    }
+}
+
+/// Row-by-row reference: one scalar `dot` per (row, token).
+fn scalar_matmul_f32(w: &WeightsRef<'_>, rows: Range<usize>, x: &[f32], n: usize, out: &mut [f32]) {
+    let cols = w.cols();
+    for (r, o) in rows.zip(out.chunks_exact_mut(n.max(1))) {
+        for (t, v) in o.iter_mut().enumerate() {
+            *v = w.dot_row(r, &x[t * cols..(t + 1) * cols]);
+        }
+    }
+}
+
+fn scalar_axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    assert_eq!(y.len(), x.len(), "axpy: length mismatch");
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+impl Kernels {
+    /// The table of `isa`, or `None` when this CPU cannot run it.
+    pub fn for_isa(isa: Isa) -> Option<&'static Kernels> {
+        if !isa.is_available() {
+            return None;
+        }
+        match isa {
+            Isa::Scalar => Some(&SCALAR),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Some(&crate::x86::AVX2),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Some(&crate::x86::AVX512),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => Some(&crate::aarch64::NEON),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// The matrix kernel for weights of `w`'s type with int8 activations,
+    /// `None` for types without one (f32, f16).
+    pub fn matmul_q8_for(&self, w: &WeightsRef<'_>) -> Option<MatmulQ8Fn> {
+        use crate::quant::TensorType as T;
+        match w.ty() {
+            T::Q8 => Some(self.matmul_q8_q8),
+            T::Q4 => Some(self.matmul_q4_q8),
+            T::Q4m => Some(self.matmul_q4m_q8),
+            _ => None,
+        }
+    }
+}
+
+static ACTIVE: OnceLock<&'static Kernels> = OnceLock::new();
+
+/// Why `MICROLLM_ISA` could not be honoured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsaError(pub String);
+
+impl fmt::Display for IsaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for IsaError {}
+
+/// The tier `MICROLLM_ISA` asks for, or the best available when it is
+/// unset or empty.
+pub fn requested() -> Result<Isa, IsaError> {
+    match std::env::var("MICROLLM_ISA") {
+        Ok(v) if !v.is_empty() => {
+            let isa = Isa::from_name(&v).ok_or_else(|| {
+                IsaError(format!(
+                    "MICROLLM_ISA={v} is not a tier; use one of scalar, avx2, avx512, neon"
+                ))
+            })?;
+            if !isa.is_available() {
+                return Err(IsaError(format!(
+                    "MICROLLM_ISA={v}: this CPU (or build) cannot run {v}; available: {}",
+                    Isa::available()
+                        .iter()
+                        .map(|i| i.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            Ok(isa)
+        }
+        _ => Ok(Isa::best()),
+    }
+}
+
+/// Chooses the tier once (see [`requested`]). Call it early to turn a bad
+/// `MICROLLM_ISA` into an error; [`kernels`] falls back to the best tier.
+pub fn init() -> Result<&'static Kernels, IsaError> {
+    let isa = requested()?;
+    let k = Kernels::for_isa(isa).unwrap_or(&SCALAR);
+    Ok(*ACTIVE.get_or_init(|| k))
+}
+
+/// The process-wide kernel table.
+#[inline]
+pub fn kernels() -> &'static Kernels {
+    ACTIVE.get_or_init(|| {
+        let isa = requested().unwrap_or_else(|_| Isa::best());
+        Kernels::for_isa(isa).unwrap_or(&SCALAR)
+    })
+}

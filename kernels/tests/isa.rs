@@ -1,0 +1,289 @@
+//! Every instruction-set tier this CPU can run, held to the scalar tier.
+//!
+//! Under `cargo test --target aarch64-unknown-linux-gnu` (qemu) this runs
+//! the NEON tier; natively on x86-64 the AVX2 and AVX-512 tiers.
+//!
+//! Bounds:
+//! - `quantize_q8`: bit-identical (same rounding, same operations).
+//! - int8 matrix kernels: the per-block integer sums are exact on every
+//!   tier; only the f32 sum of per-block terms is reordered, so
+//!   `|y − y_scalar| ≤ 1e-5 · Σ_b |d_w·d_x·isum_b|` (bounded below by
+//!   `Σ|ŵ·x̂|`, which is what the test computes) plus a tiny absolute term.
+//! - f32 kernels: `|y − y_scalar| ≤ 1e-5 · Σ|w·x|`.
+
+use half::f16;
+use microllm_kernels::dispatch::{Isa, Kernels, SCALAR};
+use microllm_kernels::pool::Pool;
+use microllm_kernels::quant::{
+    BlockQ8, Q8Activations, QuantizedWeights, TensorType, WeightsRef, QK,
+};
+use proptest::prelude::*;
+
+/// The tiers to test: every available one but scalar itself.
+fn tiers() -> Vec<&'static Kernels> {
+    Isa::available()
+        .into_iter()
+        .filter(|&i| i != Isa::Scalar)
+        .map(|i| Kernels::for_isa(i).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_expected_tiers_are_available_here() {
+    let avail = Isa::available();
+    eprintln!("available tiers: {avail:?}");
+    assert_eq!(avail[0], Isa::Scalar);
+    #[cfg(target_arch = "aarch64")]
+    assert!(avail.contains(&Isa::Neon), "qemu-aarch64 emulates dotprod");
+    #[cfg(target_arch = "x86_64")]
+    if std::env::var_os("CI_EXPECT_AVX512").is_some() {
+        assert!(avail.contains(&Isa::Avx512));
+    }
+    for isa in Isa::ALL {
+        assert_eq!(Isa::from_name(isa.name()), Some(isa));
+        assert_eq!(Kernels::for_isa(isa).is_some(), isa.is_available());
+        if let Some(k) = Kernels::for_isa(isa) {
+            assert_eq!(k.isa, isa);
+        }
+    }
+    assert_eq!(Isa::from_name("sse"), None);
+}
+
+/// Pseudo-random values with a spread of magnitudes, zero blocks and
+/// (when `extreme`) values near the f32 and f16 limits.
+fn values(seed: u64, len: usize, extreme: bool) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    (0..len)
+        .map(|i| {
+            let r = next();
+            let u = (r >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+            match (r & 31, extreme) {
+                (0, true) => 3.0e38 * u,
+                (1, true) => 1.0e-38 * u,
+                (2, true) => 60000.0 * u.signum(),
+                (3, _) => 0.0,
+                (4, _) => u * 100.0,
+                _ if (i / QK) % 7 == 5 => 0.0,
+                _ => u,
+            }
+        })
+        .collect()
+}
+
+fn quantized(ty: TensorType, rows: usize, cols: usize, seed: u64) -> QuantizedWeights {
+    let w: Vec<f32> = values(seed, rows * cols, false)
+        .iter()
+        .map(|v| v * 0.1)
+        .collect();
+    QuantizedWeights::quantize(ty, &w, rows, cols).unwrap()
+}
+
+#[test]
+fn quantize_q8_is_bit_identical_on_every_tier() {
+    for k in tiers() {
+        for (seed, blocks) in [(1u64, 1usize), (2, 3), (3, 18), (4, 48), (5, 257)] {
+            for extreme in [false, true] {
+                let x = values(seed, blocks * QK, extreme);
+                let run = |k: &Kernels| {
+                    let mut q = vec![BlockQ8 { qs: [0; QK] }; blocks];
+                    let mut d = vec![0.0f32; blocks];
+                    let mut s = vec![0i32; blocks];
+                    (k.quantize_q8)(&x, &mut q, &mut d, &mut s);
+                    (q, d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), s)
+                };
+                assert_eq!(run(k), run(&SCALAR), "{} seed {seed}", k.isa);
+            }
+        }
+        // Ties round to even, NaN and infinities poison the block's scale.
+        let mut x = vec![0.0f32; 64];
+        x[0] = 127.0;
+        x[1] = 0.5;
+        x[2] = 1.5;
+        x[3] = -2.5;
+        x[32] = f32::NAN;
+        x[40] = f32::INFINITY;
+        let mut q = vec![BlockQ8 { qs: [0; QK] }; 2];
+        let (mut d, mut s) = (vec![0.0; 2], vec![0; 2]);
+        (k.quantize_q8)(&x, &mut q, &mut d, &mut s);
+        assert_eq!(&q[0].qs[..4], &[127, 0, 2, -2], "{}", k.isa);
+        assert_eq!(d[0], 1.0);
+        assert!(d[1].is_nan(), "{}", k.isa);
+    }
+}
+
+/// `Σ|ŵ·x̂|` for row `r`, token `t`: the scale of the rounding bound.
+fn abs_dot(wd: &[f32], xd: &[f32], cols: usize, r: usize, t: usize) -> f64 {
+    (0..cols)
+        .map(|c| (wd[r * cols + c] as f64 * xd[t * cols + c] as f64).abs())
+        .sum()
+}
+
+fn check_matmuls(
+    w: &WeightsRef<'_>,
+    x: &[f32],
+    n: usize,
+    r0: usize,
+    r1: usize,
+) -> Result<(), TestCaseError> {
+    let cols = w.cols();
+    let wd = w.dequantize();
+    let m = r1 - r0;
+    for k in tiers() {
+        // f32 activations.
+        let mut want = vec![f32::NAN; m * n];
+        let mut got = vec![f32::NAN; m * n];
+        (SCALAR.matmul_f32)(w, r0..r1, x, n, &mut want);
+        (k.matmul_f32)(w, r0..r1, x, n, &mut got);
+        for i in 0..m * n {
+            let (r, t) = (r0 + i / n, i % n);
+            let bound = 1e-5 * abs_dot(&wd, x, cols, r, t) + 1e-30;
+            prop_assert!(
+                ((got[i] - want[i]) as f64).abs() <= bound,
+                "{} {} f32: r {r} t {t}: {} vs {}",
+                k.isa,
+                w.ty(),
+                got[i],
+                want[i]
+            );
+        }
+        // int8 activations.
+        if let Some(f) = k.matmul_q8_for(w) {
+            let a = Q8Activations::quantize(x, n, cols);
+            let xd = a.dequantize();
+            (SCALAR.matmul_q8_for(w).unwrap())(w, r0..r1, &a, &mut want);
+            f(w, r0..r1, &a, &mut got);
+            for i in 0..m * n {
+                let (r, t) = (r0 + i / n, i % n);
+                let bound = 1e-5 * abs_dot(&wd, &xd, cols, r, t) + 1e-30;
+                prop_assert!(
+                    ((got[i] - want[i]) as f64).abs() <= bound,
+                    "{} {} int8: r {r} t {t}: {} vs {}",
+                    k.isa,
+                    w.ty(),
+                    got[i],
+                    want[i]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+    #[test]
+    fn quantized_matmuls_match_scalar(
+        ty in prop::sample::select(vec![TensorType::Q8, TensorType::Q4, TensorType::Q4m]),
+        rows in 1usize..70,
+        blocks in 1usize..12,
+        n in 1usize..10,
+        cut in (0.0f64..1.0, 0.0f64..1.0),
+        seed in any::<u64>(),
+        extreme in any::<bool>(),
+    ) {
+        let cols = blocks * QK;
+        let q = quantized(ty, rows, cols, seed);
+        let w = q.as_ref();
+        let mut x = values(seed ^ 0xABCD, n * cols, extreme);
+        // Keep products finite: extreme activations only against small rows.
+        if extreme {
+            for v in &mut x {
+                *v = v.clamp(-1e30, 1e30);
+            }
+        }
+        let (a, b) = ((cut.0 * rows as f64) as usize, (cut.1 * rows as f64) as usize);
+        let (r0, r1) = (a.min(b), a.max(b).max(a.min(b) + 1).min(rows));
+        check_matmuls(&w, &x, n, r0.min(r1 - 1), r1)?;
+    }
+
+    #[test]
+    fn float_matmuls_match_scalar(
+        half in any::<bool>(),
+        rows in 1usize..40,
+        cols in 1usize..200,
+        n in 1usize..6,
+        seed in any::<u64>(),
+    ) {
+        let w = values(seed, rows * cols, false);
+        let x = values(seed ^ 7, n * cols, false);
+        let h: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+        let wr = if half {
+            WeightsRef::new(rows, cols, microllm_kernels::quant::Planes::F16(&h)).unwrap()
+        } else {
+            WeightsRef::new(rows, cols, microllm_kernels::quant::Planes::F32(&w)).unwrap()
+        };
+        check_matmuls(&wr, &x, n, 0, rows)?;
+    }
+
+    #[test]
+    fn dot_and_axpy_match_scalar(len in 0usize..300, seed in any::<u64>(), a in -4.0f32..4.0) {
+        let x = values(seed, len, false);
+        let y = values(seed ^ 3, len, false);
+        let abs: f64 = x.iter().zip(&y).map(|(&p, &q)| (p as f64 * q as f64).abs()).sum();
+        for k in tiers() {
+            let got = (k.dot)(&x, &y) as f64;
+            let want = (SCALAR.dot)(&x, &y) as f64;
+            prop_assert!((got - want).abs() <= 1e-5 * abs + 1e-30, "{} dot", k.isa);
+            let mut y1 = y.clone();
+            let mut y2 = y.clone();
+            (k.axpy)(&mut y1, a, &x);
+            (SCALAR.axpy)(&mut y2, a, &x);
+            for i in 0..len {
+                // One multiply-add per element: fused or not, within an ulp or two.
+                let tol = 1e-6 * (y[i].abs() + (a * x[i]).abs()) as f64 + 1e-30;
+                prop_assert!(((y1[i] - y2[i]) as f64).abs() <= tol, "{} axpy {i}", k.isa);
+            }
+        }
+    }
+}
+
+/// The whole matrix product through the pool on each tier, with several
+/// thread counts, equals the scalar tier on one thread.
+#[test]
+fn pooled_matmul_matches_scalar_for_model_shapes() {
+    let pools = [Pool::new(1), Pool::new(2), Pool::new(3)];
+    for (ty, rows, cols) in [
+        (TensorType::Q4, 576, 576),
+        (TensorType::Q8, 192, 576),
+        (TensorType::Q4m, 1536, 576),
+        (TensorType::Q4, 576, 1536),
+    ] {
+        let q = quantized(ty, rows, cols, rows as u64 ^ cols as u64);
+        let w = q.as_ref();
+        for n in [1usize, 5] {
+            let x = values(n as u64, n * cols, false);
+            let a = Q8Activations::quantize(&x, n, cols);
+            let mut want = vec![0.0f32; n * rows];
+            w.matmul_q8_with(&SCALAR, &pools[0], &mut want, &a);
+            let mut want_f = vec![0.0f32; n * rows];
+            w.matmul_with(&SCALAR, &pools[0], &mut want_f, &x, n);
+            for k in Isa::available().into_iter().filter_map(Kernels::for_isa) {
+                for pool in &pools {
+                    let mut got = vec![0.0f32; n * rows];
+                    w.matmul_q8_with(k, pool, &mut got, &a);
+                    let mut got_f = vec![0.0f32; n * rows];
+                    w.matmul_with(k, pool, &mut got_f, &x, n);
+                    for i in 0..n * rows {
+                        let tol = 1e-4 * (want[i].abs() + 1.0);
+                        assert!((got[i] - want[i]).abs() <= tol, "{} {ty} int8 {i}", k.isa);
+                        let tol = 1e-4 * (want_f[i].abs() + 1.0);
+                        assert!(
+                            (got_f[i] - want_f[i]).abs() <= tol,
+                            "{} {ty} f32 {i}",
+                            k.isa
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
