@@ -9,6 +9,8 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod prune_cmd;
+
 #[derive(Parser)]
 #[command(
     name = "microllm",
@@ -42,6 +44,8 @@ enum Command {
     Convert(ConvertArgs),
     /// Perplexity of a text, and divergence from a base model.
     Perplexity(PerplexityArgs),
+    /// Prune a model (magnitude or Wanda scores; unstructured or N:M) into a .mllm file or a Hugging Face folder.
+    Prune(prune_cmd::PruneArgs),
     /// Measure prompt processing and generation speed, load time and memory.
     Bench(BenchArgs),
     /// Print the configuration and tensor list of a model.
@@ -131,6 +135,11 @@ struct RunArgs {
     /// Print timings to stderr at the end.
     #[arg(long)]
     verbose: bool,
+    /// Quick try of pruning at load time, METHOD:SPARSITY[:PATTERN] (magnitude:0.3,
+    /// magnitude:0.5:2:4). Costs a private copy of every pruned tensor (f32, or
+    /// requantized for a quantized model); `microllm prune` writes a file instead.
+    #[arg(long, value_name = "METHOD:SPARSITY[:PATTERN]")]
+    prune: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -259,6 +268,7 @@ fn run_cli(cli: Cli) -> Result<()> {
         }
         Command::Convert(a) => cmd_convert(a),
         Command::Perplexity(a) => cmd_perplexity(a),
+        Command::Prune(a) => prune_cmd::cmd_prune(a),
         Command::Bench(a) => cmd_bench(a, cli.threads),
         Command::Inspect { model } => cmd_inspect(&model),
     }
@@ -270,7 +280,7 @@ fn load(path: &Path) -> Result<Arc<Model>> {
 }
 
 fn cmd_run(a: RunArgs) -> Result<()> {
-    let model = load(&a.model)?;
+    let model = prune_cmd::load_maybe_pruned(&a.model, a.prune.as_deref())?;
     let opts = a.sampling.options();
     let mut session = a.sampling.session(model.clone());
     let mut out = std::io::stdout().lock();

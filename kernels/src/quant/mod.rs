@@ -28,7 +28,7 @@ pub mod q4m;
 pub mod q8;
 pub mod sparse;
 
-use sparse::{BlockQ4S24, BlockQ8S24, SparseIsa};
+use sparse::{BlockQ4S24, BlockQ8S24};
 
 /// Elements per quantization block.
 pub const QK: usize = 32;
@@ -601,11 +601,11 @@ impl<'a> WeightsRef<'a> {
             ),
             Planes::Q4S24 { blocks: b, scales } => {
                 let sb = self.sparse_blocks(r);
-                sparse::dot_q4s24(SparseIsa::detected(), &b[sb.clone()], &scales[sb], x)
+                sparse::dot_q4s24(crate::dispatch::kernels().isa, &b[sb.clone()], &scales[sb], x)
             }
             Planes::Q8S24 { blocks: b, scales } => {
                 let sb = self.sparse_blocks(r);
-                sparse::dot_q8s24(SparseIsa::detected(), &b[sb.clone()], &scales[sb], x)
+                sparse::dot_q8s24(crate::dispatch::kernels().isa, &b[sb.clone()], &scales[sb], x)
             }
         }
     }

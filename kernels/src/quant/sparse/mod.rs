@@ -30,8 +30,12 @@
 //! writes a position twice, but any bytes give one defined answer, the one
 //! the dot products compute).
 //!
-//! Kernels, each with a scalar reference and SIMD versions chosen by
-//! [`SparseIsa`] ([`x86`]: AVX2 and AVX-512; [`neon`]):
+//! Kernels, each with a scalar reference and SIMD versions chosen by an
+//! explicit [`Isa`] (the dispatch tier; [`x86`]: AVX2 and AVX-512;
+//! [`neon`]). The safe wrappers check that the CPU has the tier and fall
+//! back to scalar otherwise, so no `Isa` value can make them run an
+//! unsupported instruction; `WeightsRef` passes the active tier
+//! ([`crate::dispatch::kernels`], which `MICROLLM_ISA` can force):
 //! - [`dot_q4s24`] / [`dot_q8s24`]: f32 activations; the SIMD versions
 //!   gather the activations at the kept positions with a permute
 //!   (`vpermps`, `vpermt2ps`, `tbl`) and multiply-add 8/16/4 kept values
@@ -42,7 +46,7 @@
 
 use super::{q4, q8, sum8, BlockQ4, BlockQ8, Q8Row, QuantError, QK};
 use half::f16;
-use std::sync::OnceLock;
+pub use crate::dispatch::Isa;
 
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
@@ -281,102 +285,23 @@ pub fn dot_q8_q8s24(blocks: &[BlockQ8S24], scales: &[f16], a: Q8Row<'_>) -> f32 
     sum
 }
 
-/// The instruction sets the sparse kernels have versions for.
-///
-/// [`SparseIsa::detected`] picks the best one the CPU has, once; the
-/// environment variable `MICROLLM_ISA=scalar|avx2|avx512|neon` forces one
-/// (an unavailable choice falls back to scalar). Every kernel function
-/// takes an explicit `SparseIsa` so that tests can run each path, and
-/// checks that the CPU has it (falling back to scalar), so no value of
-/// this enum can make a kernel execute an unsupported instruction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SparseIsa {
-    /// Portable Rust.
-    Scalar,
-    /// x86-64 AVX2 + FMA.
-    Avx2,
-    /// x86-64 AVX-512F.
-    Avx512,
-    /// aarch64 NEON.
-    Neon,
-}
-
-impl SparseIsa {
-    /// Lower-case name, as `MICROLLM_ISA` takes it.
-    pub const fn name(self) -> &'static str {
-        match self {
-            SparseIsa::Scalar => "scalar",
-            SparseIsa::Avx2 => "avx2",
-            SparseIsa::Avx512 => "avx512",
-            SparseIsa::Neon => "neon",
-        }
-    }
-
-    /// True when this CPU can run the version.
-    pub fn is_available(self) -> bool {
-        match self {
-            SparseIsa::Scalar => true,
-            #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
-            SparseIsa::Avx2 => {
-                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-            }
-            #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
-            SparseIsa::Avx512 => std::is_x86_feature_detected!("avx512f"),
-            #[cfg(target_arch = "aarch64")]
-            SparseIsa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
-            #[allow(unreachable_patterns)]
-            _ => false,
-        }
-    }
-
-    /// Every version this CPU can run, scalar first.
-    pub fn available() -> Vec<SparseIsa> {
-        [
-            SparseIsa::Scalar,
-            SparseIsa::Avx2,
-            SparseIsa::Avx512,
-            SparseIsa::Neon,
-        ]
-        .into_iter()
-        .filter(|i| i.is_available())
-        .collect()
-    }
-
-    /// The version the kernels use: `MICROLLM_ISA` if set (and available),
-    /// else the best available. Decided once per process.
-    pub fn detected() -> SparseIsa {
-        static ISA: OnceLock<SparseIsa> = OnceLock::new();
-        *ISA.get_or_init(|| {
-            let all = SparseIsa::available();
-            if let Ok(want) = std::env::var("MICROLLM_ISA") {
-                return all
-                    .iter()
-                    .copied()
-                    .find(|i| i.name() == want.trim().to_ascii_lowercase())
-                    .unwrap_or(SparseIsa::Scalar);
-            }
-            *all.last().unwrap_or(&SparseIsa::Scalar)
-        })
-    }
-}
-
 /// `Σ x[i]·w[i]` over one `q4s24` row (`x` 64 per block) with the `isa` version.
 #[inline]
-pub fn dot_q4s24(isa: SparseIsa, blocks: &[BlockQ4S24], scales: &[f16], x: &[f32]) -> f32 {
+pub fn dot_q4s24(isa: Isa, blocks: &[BlockQ4S24], scales: &[f16], x: &[f32]) -> f32 {
     check_row(x, blocks.len(), scales.len(), "q4s24::dot");
     match isa {
         #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
-        SparseIsa::Avx512 if isa.is_available() => {
+        Isa::Avx512 if isa.is_available() => {
             // SAFETY: the CPU has AVX-512F (checked above); lengths checked.
             unsafe { x86::dot_q4s24_avx512(blocks, scales, x) }
         }
         #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
-        SparseIsa::Avx2 if isa.is_available() => {
+        Isa::Avx2 if isa.is_available() => {
             // SAFETY: the CPU has AVX2 and FMA (checked above); lengths checked.
             unsafe { x86::dot_q4s24_avx2(blocks, scales, x) }
         }
         #[cfg(target_arch = "aarch64")]
-        SparseIsa::Neon if isa.is_available() => {
+        Isa::Neon if isa.is_available() => {
             // SAFETY: the CPU has NEON (checked above); lengths checked.
             unsafe { neon::dot_q4s24_neon(blocks, scales, x) }
         }
@@ -386,21 +311,21 @@ pub fn dot_q4s24(isa: SparseIsa, blocks: &[BlockQ4S24], scales: &[f16], x: &[f32
 
 /// `Σ x[i]·w[i]` over one `q8s24` row with the `isa` version.
 #[inline]
-pub fn dot_q8s24(isa: SparseIsa, blocks: &[BlockQ8S24], scales: &[f16], x: &[f32]) -> f32 {
+pub fn dot_q8s24(isa: Isa, blocks: &[BlockQ8S24], scales: &[f16], x: &[f32]) -> f32 {
     check_row(x, blocks.len(), scales.len(), "q8s24::dot");
     match isa {
         #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
-        SparseIsa::Avx512 if isa.is_available() => {
+        Isa::Avx512 if isa.is_available() => {
             // SAFETY: as in `dot_q4s24`.
             unsafe { x86::dot_q8s24_avx512(blocks, scales, x) }
         }
         #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
-        SparseIsa::Avx2 if isa.is_available() => {
+        Isa::Avx2 if isa.is_available() => {
             // SAFETY: as in `dot_q4s24`.
             unsafe { x86::dot_q8s24_avx2(blocks, scales, x) }
         }
         #[cfg(target_arch = "aarch64")]
-        SparseIsa::Neon if isa.is_available() => {
+        Isa::Neon if isa.is_available() => {
             // SAFETY: as in `dot_q4s24`.
             unsafe { neon::dot_q8s24_neon(blocks, scales, x) }
         }
