@@ -1076,8 +1076,12 @@ pub fn report_configs(base: &PruneOptions) -> Vec<PruneOptions> {
 
 /// Measures each configuration: the source pruned in memory (f32, or the
 /// source's own types), perplexity and mean KL against the unpruned
-/// model over `eval` tokens in windows of `ctx`. `open` gives a fresh
-/// copy of the source each time. `on_progress(config, done, total)`.
+/// model `base` over `eval` tokens in windows of `ctx`
+/// ([`crate::perplexity::perplexity_many`]: the base model runs once per
+/// window). `open` gives a fresh copy of the source for each
+/// configuration; all pruned models are held at once (a private copy of
+/// the pruned matrices each). `on_progress(stage, done, total)` with
+/// stage "pruning" (configurations) then "scoring" (windows).
 pub fn quality_report(
     open: &dyn Fn() -> Result<ModelParts>,
     base: &Model,
@@ -1085,17 +1089,28 @@ pub fn quality_report(
     norms: Option<Arc<ActivationNorms>>,
     eval: &[u32],
     ctx: usize,
-    mut on_progress: impl FnMut(usize, usize, usize),
+    mut on_progress: impl FnMut(&str, usize, usize),
 ) -> Result<Vec<ReportRow>> {
     for c in configs {
         c.check_model(base.config())?;
+        if c.method == Method::Wanda && norms.is_none() {
+            return Err(Error::invalid("the report's Wanda rows need calibration statistics"));
+        }
     }
-    let mut rows = Vec::new();
+    let mut models = Vec::new();
     for (i, c) in configs.iter().enumerate() {
         let n = (c.method == Method::Wanda).then(|| norms.clone()).flatten();
-        let model = Model::from_parts(open()?.pruned(c.clone(), n)?)?;
-        let r = crate::perplexity(&model, Some(base), eval, ctx, |d, t| on_progress(i, d, t))?;
-        rows.push(ReportRow {
+        models.push(Model::from_parts(open()?.pruned(c.clone(), n)?)?);
+        on_progress("pruning", i + 1, configs.len());
+    }
+    let refs: Vec<&Model> = models.iter().collect();
+    let reports = crate::perplexity::perplexity_many(&refs, base, eval, ctx, |d, t| {
+        on_progress("scoring", d, t)
+    })?;
+    Ok(configs
+        .iter()
+        .zip(reports)
+        .map(|(c, r)| ReportRow {
             method: c.method,
             pattern: c.pattern,
             sparsity: c.effective_sparsity(),
@@ -1103,9 +1118,8 @@ pub fn quality_report(
             base_ppl: r.base_ppl.unwrap_or(f64::NAN),
             mean_kl: r.mean_kl.unwrap_or(f64::NAN),
             same_top: r.same_top.unwrap_or(f64::NAN),
-        });
-    }
-    Ok(rows)
+        })
+        .collect())
 }
 
 /// Where a pruned model goes, told by the output path.

@@ -135,16 +135,18 @@ fn print_sparsity(rows: &[TensorSparsity], verbose: bool) {
 
 pub fn cmd_prune(a: PruneArgs) -> Result<()> {
     // Every option is checked before any work starts.
+    // `--report` alone (no -o) only uses the layer selection and calibration.
+    let report_only = a.out.is_none();
     let opts = PruneOptions {
         method: Method::parse(&a.method)?,
-        sparsity: a.sparsity,
+        sparsity: a.sparsity.or(report_only.then_some(0.5)),
         pattern: Pattern::parse(&a.pattern)?,
         scope: Scope::parse(&a.scope)?,
         layers: LayerSpec::parse(&a.layers)?,
         calib_tokens: a.calib_tokens,
     };
     opts.validate()?;
-    let needs_calib = opts.method == Method::Wanda || a.report;
+    let needs_calib = (opts.method == Method::Wanda && !report_only) || a.report;
     if needs_calib && a.calib.is_none() {
         bail!(
             "{} needs calibration text: give --calib FILE",
@@ -290,7 +292,7 @@ pub fn cmd_prune(a: PruneArgs) -> Result<()> {
 
     if let (Some(eval), Some(base)) = (&eval, &base) {
         let configs = prune::report_configs(&opts);
-        let b = bar("{msg} [{bar:30}] {pos}/{len} windows, {elapsed}");
+        let b = bar("{msg} [{bar:30}] {pos}/{len}, {elapsed} (eta {eta})");
         let src = a.source.clone();
         let open = move || source::open(&src);
         let rows = prune::quality_report(
@@ -300,14 +302,8 @@ pub fn cmd_prune(a: PruneArgs) -> Result<()> {
             norms.clone(),
             eval,
             a.ctx,
-            |i, d, t| {
-                b.set_message(format!(
-                    "{} {} ({}/{})",
-                    configs[i].method,
-                    describe(&configs[i]),
-                    i + 1,
-                    configs.len()
-                ));
+            |stage, d, t| {
+                b.set_message(format!("report: {stage}"));
                 b.set_length(t as u64);
                 b.set_position(d as u64);
             },
@@ -344,13 +340,6 @@ pub fn cmd_prune(a: PruneArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn describe(o: &PruneOptions) -> String {
-    match o.pattern {
-        Pattern::Unstructured => format!("{:.0}%", o.effective_sparsity() * 100.0),
-        p => p.to_string(),
-    }
 }
 
 /// Loads a model, pruned at load time when `spec` (`METHOD:SPARSITY[:PATTERN]`) is given.
