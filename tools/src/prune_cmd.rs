@@ -20,7 +20,7 @@ pub struct PruneArgs {
     #[arg(long, short = 'o', required_unless_present = "report")]
     out: Option<PathBuf>,
     /// Fraction of the selected weights to remove, in [0, 1). Implied by an N:M pattern.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     sparsity: Option<f32>,
     /// Score: magnitude (|w|) or wanda (|w| times the input channel's activation norm over --calib text).
     #[arg(long, default_value = "magnitude")]
