@@ -393,14 +393,11 @@ impl PruneOptions {
     pub fn parse_quick(s: &str) -> Result<PruneOptions> {
         let mut parts = s.splitn(3, ':');
         let method = Method::parse(parts.next().unwrap_or(""))?;
-        let sparsity: f32 = parts
-            .next()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "--prune '{s}': expected METHOD:SPARSITY[:PATTERN], e.g. magnitude:0.3"
-                ))
-            })?;
+        let sparsity: f32 = parts.next().and_then(|v| v.parse().ok()).ok_or_else(|| {
+            Error::invalid(format!(
+                "--prune '{s}': expected METHOD:SPARSITY[:PATTERN], e.g. magnitude:0.3"
+            ))
+        })?;
         let pattern = match parts.next() {
             Some(p) => Pattern::parse(p)?,
             None => Pattern::Unstructured,
@@ -502,7 +499,11 @@ pub fn mask(
     scope: Scope,
     sparsity: f32,
 ) -> Vec<bool> {
-    assert_eq!(scores.len(), rows * cols, "mask: scores are not rows × cols");
+    assert_eq!(
+        scores.len(),
+        rows * cols,
+        "mask: scores are not rows × cols"
+    );
     let mut removed = vec![false; scores.len()];
     match (pattern, scope) {
         (Pattern::NofM { n, m }, _) => {
@@ -617,7 +618,11 @@ impl LinearHook for NormCollector {
 }
 
 /// The first `n` tokens of `text`, or a clear error when it has fewer.
-pub fn calibration_tokens(model_tokenizer: &crate::Tokenizer, text: &str, n: usize) -> Result<Vec<u32>> {
+pub fn calibration_tokens(
+    model_tokenizer: &crate::Tokenizer,
+    text: &str,
+    n: usize,
+) -> Result<Vec<u32>> {
     let tokens = model_tokenizer.encode(text);
     if tokens.len() < n {
         return Err(Error::invalid(format!(
@@ -755,7 +760,12 @@ impl TensorSource for PrunedSource {
 /// The type a pruned matrix of `cols` inputs is stored as, given the
 /// recipe's type `ty`: its 2:4 sparse twin when the pattern is 2:4, the
 /// type has one, `cols` is a multiple of 64 and `sparse_storage` is on.
-pub fn storage_type(ty: TensorType, opts: &PruneOptions, cols: usize, sparse_storage: bool) -> TensorType {
+pub fn storage_type(
+    ty: TensorType,
+    opts: &PruneOptions,
+    cols: usize,
+    sparse_storage: bool,
+) -> TensorType {
     let dense = ty.dense();
     match (opts.pattern, dense.sparse_2_4()) {
         (Pattern::NofM { n: 2, m: 4 }, Some(s)) if sparse_storage && cols % sparse::SK == 0 => s,
@@ -767,7 +777,11 @@ impl ModelParts {
     /// The same model with `opts` applied when tensors are loaded (see
     /// [`PrunedSource`]). Checks the options against the config first.
     /// Wanda needs `norms` ([`collect_norms`]).
-    pub fn pruned(self, opts: PruneOptions, norms: Option<Arc<ActivationNorms>>) -> Result<ModelParts> {
+    pub fn pruned(
+        self,
+        opts: PruneOptions,
+        norms: Option<Arc<ActivationNorms>>,
+    ) -> Result<ModelParts> {
         opts.check_model(&self.config)?;
         if opts.method == Method::Wanda && norms.is_none() {
             return Err(Error::invalid("Wanda pruning needs calibration statistics"));
@@ -905,7 +919,9 @@ pub fn write_hf_folder(
         report.push(TensorSparsity::of(n, &t, pruned));
         on_tensor(i + 1, names.len(), n);
     }
-    let file = w.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
+    let file = w
+        .into_inner()
+        .map_err(|e| Error::io(&tmp, e.into_error()))?;
     file.sync_all().map_err(io)?;
     drop(file);
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
@@ -1011,7 +1027,9 @@ pub fn write_mllm(
         let (q, bytes) = quantize_tensor(&t, ty)
             .map_err(|err| Error::invalid(format!("tensor '{}': {err}", e.name)))?;
         let pruned = parse_proj_name(&e.name).is_some_and(|(l, p)| opts.layers.selects(l, p));
-        report.sparsity.push(TensorSparsity::of(&e.name, &t, pruned));
+        report
+            .sparsity
+            .push(TensorSparsity::of(&e.name, &t, pruned));
         report.tensors.push(TensorReport {
             name: e.name.clone(),
             ty,
@@ -1094,7 +1112,9 @@ pub fn quality_report(
     for c in configs {
         c.check_model(base.config())?;
         if c.method == Method::Wanda && norms.is_none() {
-            return Err(Error::invalid("the report's Wanda rows need calibration statistics"));
+            return Err(Error::invalid(
+                "the report's Wanda rows need calibration statistics",
+            ));
         }
     }
     let mut models = Vec::new();
@@ -1167,6 +1187,9 @@ mod tests {
             Some((12, Proj::Down))
         );
         assert_eq!(parse_proj_name("model.embed_tokens.weight"), None);
-        assert_eq!(parse_proj_name("model.layers.1.input_layernorm.weight"), None);
+        assert_eq!(
+            parse_proj_name("model.layers.1.input_layernorm.weight"),
+            None
+        );
     }
 }

@@ -125,7 +125,9 @@ fn bad_options_are_clear_errors() {
     assert!(e.contains("cannot exceed"), "{e}");
     assert!(Pattern::parse("0:4").is_err());
     assert!(Pattern::parse("2-4").is_err());
-    let e = LayerSpec::parse("q_proj,attention").unwrap_err().to_string();
+    let e = LayerSpec::parse("q_proj,attention")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("'attention'") && e.contains("gate_proj"), "{e}");
     assert!(Method::parse("random").is_err());
     assert!(Scope::parse("column").is_err());
@@ -169,7 +171,10 @@ fn options_are_checked_against_the_model_before_any_work() {
     let e = calibration_tokens(&parts.tokenizer, "just a few words", 100)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("calibration text has") && e.contains("100"), "{e}");
+    assert!(
+        e.contains("calibration text has") && e.contains("100"),
+        "{e}"
+    );
     // Wanda without statistics.
     let o = PruneOptions {
         method: Method::Wanda,
@@ -183,7 +188,8 @@ fn options_are_checked_against_the_model_before_any_work() {
 fn wanda_norms_are_the_input_channel_l2_norms() {
     let dir = common::tiny_llama_folder("prune-wanda", |_| {});
     let model = Model::load(&dir).unwrap();
-    let text = std::fs::read_to_string(common::root().join("fixtures/tokenizer/corpus.txt")).unwrap();
+    let text =
+        std::fs::read_to_string(common::root().join("fixtures/tokenizer/corpus.txt")).unwrap();
     let tokens = calibration_tokens(model.tokenizer(), &text, 40).unwrap();
     let norms = collect_norms(&model, &tokens, 16, |_, _| {}).unwrap();
     assert_eq!(norms.tokens(), 40);
@@ -233,7 +239,10 @@ fn pruned_hf_folder_loads_back_with_the_same_tensors() {
         layers: LayerSpec::parse("mlp,1").unwrap(),
         ..PruneOptions::default()
     };
-    let pruned = source::open(&dir).unwrap().pruned(opts.clone(), None).unwrap();
+    let pruned = source::open(&dir)
+        .unwrap()
+        .pruned(opts.clone(), None)
+        .unwrap();
     let report = prune::write_hf_folder(&pruned, &out, |_, _, _| {}).unwrap();
     let original = source::open(&dir).unwrap();
     let back = source::open(&out).unwrap();
@@ -262,12 +271,14 @@ fn pruned_hf_folder_loads_back_with_the_same_tensors() {
     }
     // Only the MLP of layer 1 was pruned.
     for r in &report {
-        let selected = prune::parse_proj_name(&r.name).is_some_and(|(l, p)| opts.layers.selects(l, p));
+        let selected =
+            prune::parse_proj_name(&r.name).is_some_and(|(l, p)| opts.layers.selects(l, p));
         assert_eq!(r.zeros > 0, selected, "{}", r.name);
     }
     // And the folder runs.
     let m = Model::load(&out).unwrap();
-    m.forward(&[1, 2, 3], &mut m.new_cache(8), Logits::Last).unwrap();
+    m.forward(&[1, 2, 3], &mut m.new_cache(8), Logits::Last)
+        .unwrap();
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(out);
 }
@@ -288,7 +299,10 @@ fn two_four_mllm_stores_sparse_q4_and_matches_its_dense_twin() {
     };
     let recipe = microllm::convert::recipe(TensorType::Q4, Some(TensorType::Q8), true, &[]);
     for (path, sparse) in [(&sparse_path, true), (&dense_path, false)] {
-        let parts = source::open(&dir).unwrap().pruned(opts.clone(), None).unwrap();
+        let parts = source::open(&dir)
+            .unwrap()
+            .pruned(opts.clone(), None)
+            .unwrap();
         let r = prune::write_mllm(&parts, path, &recipe, &opts, sparse, |_, _, _| {}).unwrap();
         for t in &r.tensors {
             // The tiny model: only down_proj has a multiple of 64 inputs.
@@ -339,7 +353,8 @@ fn two_four_mllm_stores_sparse_q4_and_matches_its_dense_twin() {
 #[test]
 fn load_time_pruning_of_a_quantized_file_keeps_its_type() {
     let dir = common::tiny_llama_folder("prune-quick", |_| {});
-    let path = std::env::temp_dir().join(format!("microllm-prune-quick-{}.mllm", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("microllm-prune-quick-{}.mllm", std::process::id()));
     let recipe = microllm::convert::recipe(TensorType::Q8, None, true, &[]);
     microllm::convert::convert(&dir, &path, &recipe, |_, _, _| {}).unwrap();
     let opts = PruneOptions::parse_quick("magnitude:0.5:2:4").unwrap();
@@ -351,7 +366,8 @@ fn load_time_pruning_of_a_quantized_file_keeps_its_type() {
     for g in w.chunks(4) {
         assert!(g.iter().filter(|v| **v == 0.0).count() >= 2);
     }
-    m.forward(&[1, 2, 3], &mut m.new_cache(8), Logits::Last).unwrap();
+    m.forward(&[1, 2, 3], &mut m.new_cache(8), Logits::Last)
+        .unwrap();
     let _ = std::fs::remove_file(path);
     let _ = std::fs::remove_dir_all(dir);
 }

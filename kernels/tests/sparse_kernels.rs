@@ -23,7 +23,10 @@ const PAIRS: [(u8, u8); 6] = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)];
 
 /// Random valid sparse blocks: distinct positions per group, any nibbles
 /// or quants, scales of either sign.
-fn blocks_strategy(n: usize) -> impl Strategy<Value = (Vec<([u8; 32], [u8; 16])>, Vec<f32>)> {
+/// Per block: 32 quant bytes and 16 group choices (indices into [`PAIRS`]).
+type RawBlock = ([u8; 32], [u8; 16]);
+
+fn blocks_strategy(n: usize) -> impl Strategy<Value = (Vec<RawBlock>, Vec<f32>)> {
     (
         prop::collection::vec((any::<[u8; 32]>(), prop::array::uniform16(0usize..6)), n),
         prop::collection::vec(-2.0f32..2.0, n),
@@ -55,7 +58,7 @@ fn pack_idx(groups: &[u8; 16]) -> [u8; 8] {
     idx
 }
 
-fn q4_blocks(raw: &[([u8; 32], [u8; 16])]) -> Vec<BlockQ4S24> {
+fn q4_blocks(raw: &[RawBlock]) -> Vec<BlockQ4S24> {
     raw.iter()
         .map(|(q, g)| BlockQ4S24 {
             qs: q[..16].try_into().unwrap(),
@@ -64,7 +67,7 @@ fn q4_blocks(raw: &[([u8; 32], [u8; 16])]) -> Vec<BlockQ4S24> {
         .collect()
 }
 
-fn q8_blocks(raw: &[([u8; 32], [u8; 16])]) -> Vec<BlockQ8S24> {
+fn q8_blocks(raw: &[RawBlock]) -> Vec<BlockQ8S24> {
     raw.iter()
         .map(|(q, g)| BlockQ8S24 {
             qs: q.map(|b| (b as i8).max(-127)),
@@ -74,7 +77,10 @@ fn q8_blocks(raw: &[([u8; 32], [u8; 16])]) -> Vec<BlockQ8S24> {
 }
 
 fn abs_dot(w: &[f32], x: &[f32]) -> f64 {
-    w.iter().zip(x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum()
+    w.iter()
+        .zip(x)
+        .map(|(&a, &b)| (a as f64 * b as f64).abs())
+        .sum()
 }
 
 proptest! {

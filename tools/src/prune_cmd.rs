@@ -150,7 +150,11 @@ pub fn cmd_prune(a: PruneArgs) -> Result<()> {
     if needs_calib && a.calib.is_none() {
         bail!(
             "{} needs calibration text: give --calib FILE",
-            if a.report { "--report" } else { "--method wanda" }
+            if a.report {
+                "--report"
+            } else {
+                "--method wanda"
+            }
         );
     }
     if a.report && a.calib_tokens < prune::MIN_CALIB_TOKENS {
@@ -161,12 +165,15 @@ pub fn cmd_prune(a: PruneArgs) -> Result<()> {
         );
     }
     let quant = crate::tensor_type(&a.quant)?;
-    let keep_output = a.keep_output.as_deref().map(crate::tensor_type).transpose()?;
+    let keep_output = a
+        .keep_output
+        .as_deref()
+        .map(crate::tensor_type)
+        .transpose()?;
     let output = a.out.as_deref().map(Output::from_path);
     let parts = source::open(&a.source)?;
     opts.check_model(&parts.config)?;
-    if matches!(output, Some(Output::HfFolder(_)))
-        && parts.format != source::SourceFormat::HfFolder
+    if matches!(output, Some(Output::HfFolder(_))) && parts.format != source::SourceFormat::HfFolder
     {
         bail!("a Hugging Face folder output needs a Hugging Face folder as SOURCE (its config and tokenizer files are copied); write a .mllm file instead (-o out.mllm)");
     }
@@ -228,7 +235,9 @@ pub fn cmd_prune(a: PruneArgs) -> Result<()> {
 
     if let Some(out) = &output {
         let start = std::time::Instant::now();
-        let n = (opts.method == Method::Wanda).then(|| norms.clone()).flatten();
+        let n = (opts.method == Method::Wanda)
+            .then(|| norms.clone())
+            .flatten();
         let parts = source::open(&a.source)?.pruned(opts.clone(), n)?;
         let b = bar("pruning [{bar:30}] {pos}/{len} tensors {msg}");
         let progress = |d: usize, t: usize, name: &str| {
@@ -316,9 +325,7 @@ pub fn cmd_prune(a: PruneArgs) -> Result<()> {
             a.ctx,
             opts.layers.as_str()
         );
-        println!(
-            "| method | pattern | sparsity | perplexity | ratio | mean KL | same top |"
-        );
+        println!("| method | pattern | sparsity | perplexity | ratio | mean KL | same top |");
         println!("|---|---|---:|---:|---:|---:|---:|");
         if let Some(r) = rows.first() {
             println!(

@@ -243,7 +243,11 @@ fn perplexity_json_against_itself() {
 
 fn hf_folder() -> PathBuf {
     let p = repo().join("models/smollm2-135m-hf-f32");
-    assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-models.sh first",
+        p.display()
+    );
     p
 }
 
@@ -266,13 +270,52 @@ fn prune_rejects_bad_options_before_any_work() {
         (vec![hf, "-o", o, "--sparsity", "1.0"], "outside [0, 1)"),
         (vec![hf, "-o", o, "--sparsity", "-0.2"], "outside [0, 1)"),
         (vec![hf, "-o", o, "--pattern", "5:4"], "cannot exceed"),
-        (vec![hf, "-o", o, "--sparsity", "0.5", "--layers", "q_proj,attention"], "unknown layer name 'attention'"),
-        (vec![hf, "-o", o, "--sparsity", "0.5", "--layers", "0-40"], "layer 40 does not exist"),
-        (vec![hf, "-o", o, "--sparsity", "0.5", "--method", "wanda"], "needs calibration text"),
-        (vec![hf, "-o", o, "--sparsity", "0.5", "--method", "wanda", "--calib", s], "the calibration text has"),
-        (vec![hf, "-o", o, "--sparsity", "0.5", "--method", "obd"], "unknown pruning method"),
-        (vec![hf, "-o", o, "--pattern", "2:4", "--sparsity", "0.3"], "contradicts"),
-        (vec![g, "-o", hf_out.to_str().unwrap(), "--sparsity", "0.5"], "needs a Hugging Face folder as SOURCE"),
+        (
+            vec![
+                hf,
+                "-o",
+                o,
+                "--sparsity",
+                "0.5",
+                "--layers",
+                "q_proj,attention",
+            ],
+            "unknown layer name 'attention'",
+        ),
+        (
+            vec![hf, "-o", o, "--sparsity", "0.5", "--layers", "0-40"],
+            "layer 40 does not exist",
+        ),
+        (
+            vec![hf, "-o", o, "--sparsity", "0.5", "--method", "wanda"],
+            "needs calibration text",
+        ),
+        (
+            vec![
+                hf,
+                "-o",
+                o,
+                "--sparsity",
+                "0.5",
+                "--method",
+                "wanda",
+                "--calib",
+                s,
+            ],
+            "the calibration text has",
+        ),
+        (
+            vec![hf, "-o", o, "--sparsity", "0.5", "--method", "obd"],
+            "unknown pruning method",
+        ),
+        (
+            vec![hf, "-o", o, "--pattern", "2:4", "--sparsity", "0.3"],
+            "contradicts",
+        ),
+        (
+            vec![g, "-o", hf_out.to_str().unwrap(), "--sparsity", "0.5"],
+            "needs a Hugging Face folder as SOURCE",
+        ),
         (vec![hf, "-o", o], "needs --sparsity"),
     ];
     for (args, want) in cases {
@@ -284,7 +327,11 @@ fn prune_rejects_bad_options_before_any_work() {
         assert!(err.contains(want), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
         // Refused up front: no model was loaded, nothing written.
-        assert!(start.elapsed().as_secs() < 10, "{args:?} took {:?}", start.elapsed());
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "{args:?} took {:?}",
+            start.elapsed()
+        );
         assert!(!out.exists());
     }
     std::fs::remove_dir_all(dir).ok();
@@ -307,7 +354,10 @@ fn prune_two_four_to_mllm_then_run_and_quick_prune() {
         "mlp,0-3",
     ]);
     assert!(ok, "{err}");
-    assert!(stdout.contains("achieved sparsity: 50.00% of the pruned matrices"), "{stdout}");
+    assert!(
+        stdout.contains("achieved sparsity: 50.00% of the pruned matrices"),
+        "{stdout}"
+    );
     assert!(stdout.contains("q4s24: 12 tensors"), "{stdout}");
     let (ok, stdout, err) = microllm(&["inspect", out.to_str().unwrap()]);
     assert!(ok, "{err}");
@@ -328,7 +378,14 @@ fn prune_two_four_to_mllm_then_run_and_quick_prune() {
         assert!(ok, "{err}");
         assert!(!stdout.trim().is_empty());
     }
-    let (ok, _, err) = microllm(&["run", out.to_str().unwrap(), "-p", "hi", "--prune", "wanda:0.3"]);
+    let (ok, _, err) = microllm(&[
+        "run",
+        out.to_str().unwrap(),
+        "-p",
+        "hi",
+        "--prune",
+        "wanda:0.3",
+    ]);
     assert!(!ok && err.contains("calibration"), "{err}");
     std::fs::remove_dir_all(dir).ok();
 }

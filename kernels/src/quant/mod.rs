@@ -601,11 +601,21 @@ impl<'a> WeightsRef<'a> {
             ),
             Planes::Q4S24 { blocks: b, scales } => {
                 let sb = self.sparse_blocks(r);
-                sparse::dot_q4s24(crate::dispatch::kernels().isa, &b[sb.clone()], &scales[sb], x)
+                sparse::dot_q4s24(
+                    crate::dispatch::kernels().isa,
+                    &b[sb.clone()],
+                    &scales[sb],
+                    x,
+                )
             }
             Planes::Q8S24 { blocks: b, scales } => {
                 let sb = self.sparse_blocks(r);
-                sparse::dot_q8s24(crate::dispatch::kernels().isa, &b[sb.clone()], &scales[sb], x)
+                sparse::dot_q8s24(
+                    crate::dispatch::kernels().isa,
+                    &b[sb.clone()],
+                    &scales[sb],
+                    x,
+                )
             }
         }
     }

@@ -45,8 +45,8 @@
 //!   so each half is an exact i32 sum scaled by its activation block.
 
 use super::{q4, q8, sum8, BlockQ4, BlockQ8, Q8Row, QuantError, QK};
-use half::f16;
 pub use crate::dispatch::Isa;
+use half::f16;
 
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
