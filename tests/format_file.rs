@@ -789,7 +789,7 @@ fn metadata_errors() {
     );
     assert_error(
         &set("/quantization/default_type", json!("q3")),
-        "unknown tensor type 'q3' (known: f32, f16, q8, q4, q4m)",
+        "unknown tensor type 'q3' (known: f32, f16, q8, q4, q4m, q4s24, q8s24)",
     );
     assert_error(
         &set("/quantization/overrides/model.norm.weight", json!("f32")),
