@@ -198,7 +198,7 @@ fn tokenizer_section(parts: &ModelParts) -> Result<(TokenizerKind, Vec<u8>)> {
 }
 
 /// The files a source was read from.
-fn source_files(parts: &ModelParts) -> Result<Vec<PathBuf>> {
+pub(crate) fn source_files(parts: &ModelParts) -> Result<Vec<PathBuf>> {
     if parts.format != SourceFormat::HfFolder {
         return Ok(vec![parts.path.clone()]);
     }

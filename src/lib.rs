@@ -27,6 +27,7 @@ pub mod hf;
 pub mod lora;
 pub mod model;
 pub mod perplexity;
+pub mod prune;
 pub mod safetensors;
 pub mod sampler;
 pub mod session;

@@ -128,6 +128,85 @@ pub fn perplexity_with_hook(
     })
 }
 
+/// [`perplexity`] of several models against one base model in one pass:
+/// each window's base logits are computed once and compared with every
+/// model's (what `microllm prune --report` needs: one unpruned model,
+/// many pruned ones). Same windows and scoring as [`perplexity`].
+/// `on_window(done, total)` is called after each window.
+pub fn perplexity_many(
+    models: &[&Model],
+    base: &Model,
+    tokens: &[u32],
+    ctx: usize,
+    mut on_window: impl FnMut(usize, usize),
+) -> Result<Vec<PerplexityReport>> {
+    if ctx < 4 || ctx > base.config().max_seq_len {
+        return Err(Error::invalid(format!(
+            "--ctx {ctx} must be between 4 and the model's context length {}",
+            base.config().max_seq_len
+        )));
+    }
+    let windows = tokens.len() / ctx;
+    if windows == 0 {
+        return Err(Error::invalid(format!(
+            "the text has {} tokens, fewer than one window of {ctx}",
+            tokens.len()
+        )));
+    }
+    let vocab = base.config().vocab_size;
+    if let Some(m) = models.iter().find(|m| m.config().vocab_size != vocab) {
+        return Err(Error::invalid(format!(
+            "a model's vocabulary ({}) differs from the base model's ({vocab})",
+            m.config().vocab_size
+        )));
+    }
+    let first = ctx / 2;
+    let mut sums: Vec<Sums> = models.iter().map(|_| Sums::default()).collect();
+    for w in 0..windows {
+        let window = &tokens[w * ctx..(w + 1) * ctx];
+        let bl = base.forward(window, &mut base.new_cache(ctx), Logits::All)?;
+        let base_rows: Vec<(Vec<f64>, usize)> = (first..ctx - 1)
+            .map(|pos| {
+                let row = &bl[pos * vocab..(pos + 1) * vocab];
+                (log_softmax(row), argmax(row))
+            })
+            .collect();
+        drop(bl);
+        for (m, s) in models.iter().zip(&mut sums) {
+            let logits = m.forward(window, &mut m.new_cache(ctx), Logits::All)?;
+            for (pos, (blp, btop)) in (first..ctx - 1).zip(&base_rows) {
+                let target = window[pos + 1] as usize;
+                let row = &logits[pos * vocab..(pos + 1) * vocab];
+                let lp = log_softmax(row);
+                s.nll -= lp[target];
+                s.base_nll -= blp[target];
+                s.kl += blp
+                    .iter()
+                    .zip(&lp)
+                    .map(|(&p, &q)| p.exp() * (p - q))
+                    .sum::<f64>();
+                s.same_top += usize::from(argmax(row) == *btop);
+                s.n += 1;
+            }
+        }
+        on_window(w + 1, windows);
+    }
+    Ok(sums
+        .into_iter()
+        .map(|s| {
+            let n = s.n as f64;
+            PerplexityReport {
+                ppl: (s.nll / n).exp(),
+                base_ppl: Some((s.base_nll / n).exp()),
+                mean_kl: Some(s.kl / n),
+                same_top: Some(s.same_top as f64 / n),
+                tokens: s.n,
+                windows,
+            }
+        })
+        .collect())
+}
+
 /// log-softmax in f64: exact enough that KL values near 1e-6 mean something.
 fn log_softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;

@@ -612,7 +612,7 @@ fn tensor_table_errors() {
     // Unknown type; a q type on a width that is not whole blocks.
     let mut c = b.clone();
     put_u32(&mut c, r + 8, 9);
-    assert_error(&c, "has unknown type id 9 (this build knows 0 to 4)");
+    assert_error(&c, "has unknown type id 9 (this build knows 0 to 6)");
     let mut c = b.clone();
     put_u64(&mut c, r + 16, 128);
     put_u64(&mut c, r + 24, 32 + 4);
@@ -789,7 +789,7 @@ fn metadata_errors() {
     );
     assert_error(
         &set("/quantization/default_type", json!("q3")),
-        "unknown tensor type 'q3' (known: f32, f16, q8, q4, q4m)",
+        "unknown tensor type 'q3' (known: f32, f16, q8, q4, q4m, q4s24, q8s24)",
     );
     assert_error(
         &set("/quantization/overrides/model.norm.weight", json!("f32")),

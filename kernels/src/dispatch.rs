@@ -187,6 +187,8 @@ impl Kernels {
             T::Q8 => Some(self.matmul_q8_q8),
             T::Q4 => Some(self.matmul_q4_q8),
             T::Q4m => Some(self.matmul_q4m_q8),
+            // 2:4 sparse types: row by row through `dot_row_q8`.
+            T::Q4S24 | T::Q8S24 => Some(scalar_matmul_q8),
             _ => None,
         }
     }

@@ -502,7 +502,8 @@ fn file_bytes_round_trip_through_the_plane_view() {
     let mut rng = Rng(10);
     let (rows, cols) = (5, 96);
     let x = rng.gauss_vec(rows * cols, 0.1);
-    for ty in TensorType::ALL {
+    // The 2:4 sparse types need sparse input (tests/sparse_kernels.rs).
+    for ty in TensorType::ALL.into_iter().filter(|t| !t.is_sparse()) {
         let bytes = microllm_kernels::quant::encode(ty, &x, rows, cols).unwrap();
         assert_eq!(
             bytes.len() as u64,

@@ -10,6 +10,8 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod prune_cmd;
+
 #[derive(Parser)]
 #[command(
     name = "microllm",
@@ -47,6 +49,8 @@ enum Command {
     Convert(ConvertArgs),
     /// Perplexity of a text, and divergence from a base model.
     Perplexity(PerplexityArgs),
+    /// Prune a model (magnitude or Wanda scores; unstructured or N:M) into a .mllm file or a Hugging Face folder.
+    Prune(prune_cmd::PruneArgs),
     /// Measure prompt processing and generation speed, load time and memory.
     Bench(BenchArgs),
     /// Print the configuration and tensor list of a model.
@@ -168,7 +172,11 @@ fn read_adapters(args: &[String]) -> Result<Vec<(LoraAdapter, f32)>> {
 /// Loads the model with the `--lora` adapters: merged into it, or in a set
 /// to apply unmerged (empty when merged or without adapters).
 fn load_with_lora(path: &Path, l: &LoraArgs) -> Result<(Arc<Model>, LoraSet)> {
-    let model = load_plain(path)?;
+    with_lora(load_plain(path)?, l)
+}
+
+/// `model` with the adapters of `l` merged into it, or loaded for attaching.
+fn with_lora(model: Model, l: &LoraArgs) -> Result<(Arc<Model>, LoraSet)> {
     let adapters = read_adapters(&l.lora)?;
     let mut set = LoraSet::new();
     if adapters.is_empty() {
@@ -224,6 +232,11 @@ struct RunArgs {
     /// Print timings to stderr at the end.
     #[arg(long)]
     verbose: bool,
+    /// Quick try of pruning at load time, METHOD:SPARSITY[:PATTERN] (magnitude:0.3,
+    /// magnitude:0.5:2:4). Costs a private copy of every pruned tensor (f32, or
+    /// requantized for a quantized model); `microllm prune` writes a file instead.
+    #[arg(long, value_name = "METHOD:SPARSITY[:PATTERN]")]
+    prune: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
@@ -377,6 +390,7 @@ fn run_cli(cli: Cli) -> Result<()> {
         }
         Command::Convert(a) => cmd_convert(a),
         Command::Perplexity(a) => cmd_perplexity(a),
+        Command::Prune(a) => prune_cmd::cmd_prune(a),
         Command::Bench(a) => cmd_bench(a, cli.threads),
         Command::Inspect { model } => cmd_inspect(&model),
     }
@@ -387,13 +401,18 @@ static ACTIVATIONS: std::sync::OnceLock<microllm::Activations> = std::sync::Once
 
 /// Loads a model with the `--act` choice applied.
 fn load_plain(path: &Path) -> Result<Model> {
-    let mut model = Model::load(path)?;
+    Ok(with_act(Model::load(path)?))
+}
+
+/// `model` with the `--act` choice applied.
+fn with_act(mut model: Model) -> Model {
     model.set_activations(ACTIVATIONS.get().copied().unwrap_or_default());
-    Ok(model)
+    model
 }
 
 fn cmd_run(a: RunArgs) -> Result<()> {
-    let (model, lora) = load_with_lora(&a.model, &a.lora)?;
+    let model = prune_cmd::load_maybe_pruned(&a.model, a.prune.as_deref())?;
+    let (model, lora) = with_lora(model, &a.lora)?;
     let opts = a.sampling.options();
     let mut session = attach_all(a.sampling.session(model.clone()), &lora)?;
     let mut out = std::io::stdout().lock();

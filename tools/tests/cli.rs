@@ -582,3 +582,151 @@ fn every_isa_tier_can_be_forced_and_agrees_with_scalar() {
     }
     std::fs::remove_dir_all(dir).ok();
 }
+fn hf_folder() -> PathBuf {
+    let p = repo().join("models/smollm2-135m-hf-f32");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-models.sh first",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn prune_rejects_bad_options_before_any_work() {
+    let dir = std::env::temp_dir().join(format!("microllm-cli-prune-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("out.mllm");
+    let hf_out = dir.join("hf");
+    let short = dir.join("short.txt");
+    std::fs::write(&short, "Only a few words of calibration text.").unwrap();
+    let (hf, g) = (hf_folder(), gguf());
+    let (hf, g, o, s) = (
+        hf.to_str().unwrap(),
+        g.to_str().unwrap(),
+        out.to_str().unwrap(),
+        short.to_str().unwrap(),
+    );
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec![hf, "-o", o, "--sparsity", "1.0"], "outside [0, 1)"),
+        (vec![hf, "-o", o, "--sparsity", "-0.2"], "outside [0, 1)"),
+        (vec![hf, "-o", o, "--pattern", "5:4"], "cannot exceed"),
+        (
+            vec![
+                hf,
+                "-o",
+                o,
+                "--sparsity",
+                "0.5",
+                "--layers",
+                "q_proj,attention",
+            ],
+            "unknown layer name 'attention'",
+        ),
+        (
+            vec![hf, "-o", o, "--sparsity", "0.5", "--layers", "0-40"],
+            "layer 40 does not exist",
+        ),
+        (
+            vec![hf, "-o", o, "--sparsity", "0.5", "--method", "wanda"],
+            "needs calibration text",
+        ),
+        (
+            vec![
+                hf,
+                "-o",
+                o,
+                "--sparsity",
+                "0.5",
+                "--method",
+                "wanda",
+                "--calib",
+                s,
+            ],
+            "the calibration text has",
+        ),
+        (
+            vec![hf, "-o", o, "--sparsity", "0.5", "--method", "obd"],
+            "unknown pruning method",
+        ),
+        (
+            vec![hf, "-o", o, "--pattern", "2:4", "--sparsity", "0.3"],
+            "contradicts",
+        ),
+        (
+            vec![g, "-o", hf_out.to_str().unwrap(), "--sparsity", "0.5"],
+            "needs a Hugging Face folder as SOURCE",
+        ),
+        (vec![hf, "-o", o], "needs --sparsity"),
+    ];
+    for (args, want) in cases {
+        let mut full = vec!["prune"];
+        full.extend(args.iter().copied());
+        let start = std::time::Instant::now();
+        let (ok, _, err) = microllm(&full);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        // Refused up front: no model was loaded, nothing written.
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "{args:?} took {:?}",
+            start.elapsed()
+        );
+        assert!(!out.exists());
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn prune_two_four_to_mllm_then_run_and_quick_prune() {
+    let dir = std::env::temp_dir().join(format!("microllm-cli-prune-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("p24.mllm");
+    let hf = hf_folder();
+    let (ok, stdout, err) = microllm(&[
+        "prune",
+        hf.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--pattern",
+        "2:4",
+        "--layers",
+        "mlp,0-3",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("achieved sparsity: 50.00% of the pruned matrices"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("q4s24: 12 tensors"), "{stdout}");
+    let (ok, stdout, err) = microllm(&["inspect", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("\"pattern\":\"2:4\""), "{stdout}");
+    assert!(stdout.contains("q4s24"), "{stdout}");
+    for model in [out.clone(), gguf()] {
+        let (ok, stdout, err) = microllm(&[
+            "run",
+            model.to_str().unwrap(),
+            "-p",
+            "Once upon a time",
+            "-n",
+            "4",
+            "--ignore-eos",
+            "--prune",
+            "magnitude:0.1",
+        ]);
+        assert!(ok, "{err}");
+        assert!(!stdout.trim().is_empty());
+    }
+    let (ok, _, err) = microllm(&[
+        "run",
+        out.to_str().unwrap(),
+        "-p",
+        "hi",
+        "--prune",
+        "wanda:0.3",
+    ]);
+    assert!(!ok && err.contains("calibration"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}

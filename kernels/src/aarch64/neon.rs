@@ -181,7 +181,8 @@ fn quant_planes(w: &WeightsRef<'_>) -> Option<(u8, *const u8, *const f16, *const
             scales.as_ptr(),
             mins.as_ptr(),
         )),
-        Planes::F32(_) | Planes::F16(_) => None,
+        // f32/f16, and the 2:4 sparse types (kernels of their own).
+        _ => None,
     }
 }
 
@@ -410,6 +411,10 @@ pub(crate) fn matmul_f32(
     }
     match w.planes() {
         Planes::F32(_) | Planes::F16(_) => dense_rows(w, rows, x, n, out),
+        // The 2:4 sparse types: row by row through their own kernels.
+        Planes::Q4S24 { .. } | Planes::Q8S24 { .. } => {
+            (crate::dispatch::SCALAR.matmul_f32)(w, rows, x, n, out)
+        }
         _ => {
             let (kind, quants, scales, mins) = quant_planes(w).expect("quantized planes");
             let p = TilePlanes {

@@ -25,6 +25,9 @@ pub mod baseline;
 pub mod q4;
 pub mod q4m;
 pub mod q8;
+pub mod sparse;
+
+use sparse::{BlockQ4S24, BlockQ8S24};
 
 /// Elements per quantization block.
 pub const QK: usize = 32;
@@ -90,16 +93,24 @@ pub enum TensorType {
     Q4,
     /// `x = d·n + m`, n a nibble, f16 `d` and `m` per block of 32: 5 bits/weight.
     Q4m,
+    /// 2:4 sparse `q4`: per 64 inputs the 32 kept values as nibbles, their
+    /// 2-bit positions and one f16 scale: 3.25 bits/weight ([`sparse`]).
+    Q4S24,
+    /// 2:4 sparse `q8`: per 64 inputs 32 kept int8 quants, positions and
+    /// one f16 scale: 5.25 bits/weight ([`sparse`]).
+    Q8S24,
 }
 
 impl TensorType {
     /// Every type, in id order.
-    pub const ALL: [TensorType; 5] = [
+    pub const ALL: [TensorType; 7] = [
         TensorType::F32,
         TensorType::F16,
         TensorType::Q8,
         TensorType::Q4,
         TensorType::Q4m,
+        TensorType::Q4S24,
+        TensorType::Q8S24,
     ];
 
     /// The id stored in the tensor table.
@@ -110,6 +121,8 @@ impl TensorType {
             TensorType::Q8 => 2,
             TensorType::Q4 => 3,
             TensorType::Q4m => 4,
+            TensorType::Q4S24 => 5,
+            TensorType::Q8S24 => 6,
         }
     }
 
@@ -126,6 +139,8 @@ impl TensorType {
             TensorType::Q8 => "q8",
             TensorType::Q4 => "q4",
             TensorType::Q4m => "q4m",
+            TensorType::Q4S24 => "q4s24",
+            TensorType::Q8S24 => "q8s24",
         }
     }
 
@@ -137,7 +152,39 @@ impl TensorType {
     /// True for the block-quantized types, whose rows must be a whole
     /// number of [`QK`]-element blocks.
     pub const fn is_quantized(self) -> bool {
-        matches!(self, TensorType::Q8 | TensorType::Q4 | TensorType::Q4m)
+        matches!(
+            self,
+            TensorType::Q8
+                | TensorType::Q4
+                | TensorType::Q4m
+                | TensorType::Q4S24
+                | TensorType::Q8S24
+        )
+    }
+
+    /// True for the 2:4 sparse types, whose rows must be a whole number of
+    /// [`sparse::SK`] = 64-element blocks.
+    pub const fn is_sparse(self) -> bool {
+        matches!(self, TensorType::Q4S24 | TensorType::Q8S24)
+    }
+
+    /// The dense type with the same quantization as a sparse one (`q4`
+    /// for `q4s24`), or the type itself.
+    pub const fn dense(self) -> TensorType {
+        match self {
+            TensorType::Q4S24 => TensorType::Q4,
+            TensorType::Q8S24 => TensorType::Q8,
+            t => t,
+        }
+    }
+
+    /// The 2:4 sparse type with this type's quantization, if there is one.
+    pub const fn sparse_2_4(self) -> Option<TensorType> {
+        match self {
+            TensorType::Q4 | TensorType::Q4S24 => Some(TensorType::Q4S24),
+            TensorType::Q8 | TensorType::Q8S24 => Some(TensorType::Q8S24),
+            _ => None,
+        }
     }
 
     /// Storage cost per weight, scales and minimums included.
@@ -148,6 +195,8 @@ impl TensorType {
             TensorType::Q8 => 8.5,
             TensorType::Q4 => 4.5,
             TensorType::Q4m => 5.0,
+            TensorType::Q4S24 => 3.25,
+            TensorType::Q8S24 => 5.25,
         }
     }
 
@@ -159,6 +208,13 @@ impl TensorType {
         if !self.is_quantized() {
             let size = if self == TensorType::F32 { 4 } else { 2 };
             return numel.checked_mul(size);
+        }
+        if self.is_sparse() {
+            if !cols.is_multiple_of(sparse::SK as u64) {
+                return None;
+            }
+            let block = if self == TensorType::Q4S24 { 24 } else { 40 };
+            return (numel / sparse::SK as u64).checked_mul(block + 2);
         }
         if !cols.is_multiple_of(QK as u64) {
             return None;
@@ -276,6 +332,20 @@ pub enum Planes<'a> {
         /// One minimum per block.
         mins: &'a [f16],
     },
+    /// `rows · cols / 64` sparse blocks and as many scales.
+    Q4S24 {
+        /// Sparse blocks, row-major.
+        blocks: &'a [BlockQ4S24],
+        /// One scale per block.
+        scales: &'a [f16],
+    },
+    /// `rows · cols / 64` sparse blocks and as many scales.
+    Q8S24 {
+        /// Sparse blocks, row-major.
+        blocks: &'a [BlockQ8S24],
+        /// One scale per block.
+        scales: &'a [f16],
+    },
 }
 
 impl Planes<'_> {
@@ -287,6 +357,8 @@ impl Planes<'_> {
             Planes::Q8 { .. } => TensorType::Q8,
             Planes::Q4 { .. } => TensorType::Q4,
             Planes::Q4m { .. } => TensorType::Q4m,
+            Planes::Q4S24 { .. } => TensorType::Q4S24,
+            Planes::Q8S24 { .. } => TensorType::Q8S24,
         }
     }
 }
@@ -323,7 +395,14 @@ impl<'a> WeightsRef<'a> {
                 "{ty} needs a multiple of {QK} columns, got {cols}"
             )));
         }
+        if ty.is_sparse() && !cols.is_multiple_of(sparse::SK) {
+            return Err(QuantError::Layout(format!(
+                "{ty} needs a multiple of {} columns, got {cols}",
+                sparse::SK
+            )));
+        }
         let nblocks = numel / QK;
+        let nsparse = numel / sparse::SK;
         let ok = match planes {
             Planes::F32(v) => v.len() == numel,
             Planes::F16(v) => v.len() == numel,
@@ -334,6 +413,8 @@ impl<'a> WeightsRef<'a> {
                 scales,
                 mins,
             } => quants.len() == nblocks && scales.len() == nblocks && mins.len() == nblocks,
+            Planes::Q4S24 { blocks, scales } => blocks.len() == nsparse && scales.len() == nsparse,
+            Planes::Q8S24 { blocks, scales } => blocks.len() == nsparse && scales.len() == nsparse,
         };
         if !ok {
             return Err(QuantError::Layout(format!(
@@ -399,6 +480,20 @@ impl<'a> WeightsRef<'a> {
                     mins: f16s(m)?,
                 }
             }
+            TensorType::Q4S24 => {
+                let (q, s) = bytes.split_at(numel / sparse::SK * 24);
+                Planes::Q4S24 {
+                    blocks: bytemuck::cast_slice(q),
+                    scales: f16s(s)?,
+                }
+            }
+            TensorType::Q8S24 => {
+                let (q, s) = bytes.split_at(numel / sparse::SK * 40);
+                Planes::Q8S24 {
+                    blocks: bytemuck::cast_slice(q),
+                    scales: f16s(s)?,
+                }
+            }
         };
         WeightsRef::new(rows, cols, planes)
     }
@@ -453,7 +548,22 @@ impl<'a> WeightsRef<'a> {
                 &mins[blocks],
                 out,
             ),
+            Planes::Q4S24 { blocks: b, scales } => {
+                let sb = self.sparse_blocks(r);
+                sparse::dequantize_row_q4s24(&b[sb.clone()], &scales[sb], out)
+            }
+            Planes::Q8S24 { blocks: b, scales } => {
+                let sb = self.sparse_blocks(r);
+                sparse::dequantize_row_q8s24(&b[sb.clone()], &scales[sb], out)
+            }
         }
+    }
+
+    /// The sparse blocks of row `r` (64 inputs each).
+    #[inline]
+    fn sparse_blocks(&self, r: usize) -> std::ops::Range<usize> {
+        let nb = self.cols / sparse::SK;
+        r * nb..(r + 1) * nb
     }
 
     /// The whole matrix as f32 (tests and tools; the kernels never need it).
@@ -488,6 +598,24 @@ impl<'a> WeightsRef<'a> {
                 &mins[blocks],
                 x,
             ),
+            Planes::Q4S24 { blocks: b, scales } => {
+                let sb = self.sparse_blocks(r);
+                sparse::dot_q4s24(
+                    crate::dispatch::kernels().isa,
+                    &b[sb.clone()],
+                    &scales[sb],
+                    x,
+                )
+            }
+            Planes::Q8S24 { blocks: b, scales } => {
+                let sb = self.sparse_blocks(r);
+                sparse::dot_q8s24(
+                    crate::dispatch::kernels().isa,
+                    &b[sb.clone()],
+                    &scales[sb],
+                    x,
+                )
+            }
         }
     }
 
@@ -516,6 +644,14 @@ impl<'a> WeightsRef<'a> {
                 &mins[blocks],
                 a,
             ),
+            Planes::Q4S24 { blocks: b, scales } => {
+                let sb = self.sparse_blocks(r);
+                sparse::dot_q8_q4s24(&b[sb.clone()], &scales[sb], a)
+            }
+            Planes::Q8S24 { blocks: b, scales } => {
+                let sb = self.sparse_blocks(r);
+                sparse::dot_q8_q8s24(&b[sb.clone()], &scales[sb], a)
+            }
             Planes::F32(_) | Planes::F16(_) => {
                 panic!("dot_row_q8: {} weights have no int8 kernel", self.ty())
             }
@@ -664,6 +800,9 @@ impl QuantizedWeights {
         if !ty.is_quantized() {
             return Err(QuantError::Layout(format!("{ty} is not a quantized type")));
         }
+        if ty.is_sparse() {
+            return sparse_quantize(ty, x, rows, cols);
+        }
         let numel = rows
             .checked_mul(cols)
             .filter(|&n| n == x.len())
@@ -743,6 +882,14 @@ impl QuantizedWeights {
                 quants: bytemuck::cast_slice(&self.quants),
                 scales: &self.scales,
             },
+            TensorType::Q4S24 => Planes::Q4S24 {
+                blocks: bytemuck::cast_slice(&self.quants),
+                scales: &self.scales,
+            },
+            TensorType::Q8S24 => Planes::Q8S24 {
+                blocks: bytemuck::cast_slice(&self.quants),
+                scales: &self.scales,
+            },
             _ => Planes::Q4m {
                 quants: bytemuck::cast_slice(&self.quants),
                 scales: &self.scales,
@@ -767,6 +914,59 @@ impl QuantizedWeights {
         }
         out
     }
+}
+
+/// [`QuantizedWeights::quantize`] for the 2:4 sparse types: every group
+/// of 4 inputs must hold at most 2 non-zero values.
+fn sparse_quantize(
+    ty: TensorType,
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+) -> Result<QuantizedWeights, QuantError> {
+    let sk = sparse::SK;
+    if rows.checked_mul(cols) != Some(x.len()) {
+        return Err(QuantError::Layout(format!(
+            "{} values are not a {rows} × {cols} matrix",
+            x.len()
+        )));
+    }
+    if !cols.is_multiple_of(sk) {
+        return Err(QuantError::Layout(format!(
+            "{ty} needs a multiple of {sk} columns, got {cols}"
+        )));
+    }
+    check_finite(x)?;
+    let nb = cols / sk;
+    let block_bytes = if ty == TensorType::Q4S24 { 24 } else { 40 };
+    let mut quants = vec![0u8; x.len() / sk * block_bytes];
+    let mut scales = vec![f16::ZERO; x.len() / sk];
+    if !x.is_empty() {
+        quants
+            .par_chunks_mut(nb * block_bytes)
+            .zip(scales.par_chunks_mut(nb))
+            .enumerate()
+            .try_for_each(|(r, (q, s))| {
+                let xr = &x[r * cols..(r + 1) * cols];
+                let res = if ty == TensorType::Q4S24 {
+                    sparse::quantize_row_q4s24(xr, bytemuck::cast_slice_mut(q), s)
+                } else {
+                    sparse::quantize_row_q8s24(xr, bytemuck::cast_slice_mut(q), s)
+                };
+                res.map_err(|e| match e {
+                    QuantError::Layout(m) => QuantError::Layout(format!("row {r}: {m}")),
+                    e => shift_error(e, r * cols),
+                })
+            })?;
+    }
+    Ok(QuantizedWeights {
+        ty,
+        rows,
+        cols,
+        quants,
+        scales,
+        mins: Vec::new(),
+    })
 }
 
 /// Encodes a row-major `rows × cols` f32 matrix as the bytes a `.mllm`
@@ -933,7 +1133,7 @@ mod tests {
             assert_eq!(TensorType::from_id(t.id()), Some(t));
             assert_eq!(TensorType::from_name(t.name()), Some(t));
         }
-        assert_eq!(TensorType::from_id(5), None);
+        assert_eq!(TensorType::from_id(7), None);
         assert_eq!(TensorType::from_name("Q4"), None);
     }
 

@@ -562,6 +562,8 @@ pub(crate) unsafe fn dequant_row(w: &WeightsRef<'_>, r: usize, buf: &mut [f32]) 
     let nb = cols / QK;
     let bp = buf.as_mut_ptr();
     match w.planes() {
+        // The 2:4 sparse types have kernels of their own (`quant::sparse`).
+        Planes::Q4S24 { .. } | Planes::Q8S24 { .. } => w.dequantize_row(r, buf),
         Planes::F32(v) => buf.copy_from_slice(&v[r * cols..(r + 1) * cols]),
         Planes::F16(v) => {
             let s = v.as_ptr().add(r * cols) as *const u16;
@@ -663,6 +665,10 @@ unsafe fn row_dot(w: &WeightsRef<'_>, r: usize, x: *const f32) -> f32 {
     let cols = w.cols();
     let nb = cols / QK;
     match w.planes() {
+        // The 2:4 sparse types have kernels of their own (`quant::sparse`).
+        Planes::Q4S24 { .. } | Planes::Q8S24 { .. } => {
+            w.dot_row(r, std::slice::from_raw_parts(x, cols))
+        }
         Planes::F32(v) => f32_tile::<1, 1>([v.as_ptr().add(r * cols)], [x], cols)[0][0],
         Planes::F16(v) => {
             let s = v.as_ptr().add(r * cols) as *const u16;
