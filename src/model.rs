@@ -278,19 +278,28 @@ pub enum Logits {
 /// How the inputs of quantized matrix products are represented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Activations {
-    /// f32, as the reference: quantized weights are dequantized inside the
-    /// product. The quality figures of `docs/quantization.md` are for this.
+    /// f32 for prompts (several tokens at once) and int8 for generation
+    /// (one token at a time), the fastest of each here: prompt processing
+    /// is compute-bound and the f32 kernels are the faster ones there;
+    /// generation is bound by reading the weights, and int8 inputs halve
+    /// the work per weight byte. A forward call over several tokens (a
+    /// prompt, a perplexity window) gives exactly the logits of
+    /// [`Activations::F32`].
     #[default]
+    Auto,
+    /// f32 always, as the reference: quantized weights are dequantized
+    /// inside the product.
     F32,
-    /// int8 per block of 32 (as llama.cpp does): integer products, faster
-    /// on prompts, at a small cost in accuracy (see `docs/performance.md`).
+    /// int8 per block of 32 always, as llama.cpp does: integer products,
+    /// at a small cost in accuracy (see `docs/performance.md`).
     Int8,
 }
 
 impl Activations {
-    /// The name the CLI takes ("f32", "int8").
+    /// The name the CLI takes ("auto", "f32", "int8").
     pub fn name(self) -> &'static str {
         match self {
+            Activations::Auto => "auto",
             Activations::F32 => "f32",
             Activations::Int8 => "int8",
         }
@@ -298,9 +307,18 @@ impl Activations {
 
     /// The mode with this name.
     pub fn from_name(name: &str) -> Option<Activations> {
-        [Activations::F32, Activations::Int8]
+        [Activations::Auto, Activations::F32, Activations::Int8]
             .into_iter()
             .find(|a| a.name() == name)
+    }
+
+    /// Whether a forward call over `n` tokens uses int8 inputs.
+    pub fn int8_for(self, n: usize) -> bool {
+        match self {
+            Activations::Auto => n == 1,
+            Activations::F32 => false,
+            Activations::Int8 => true,
+        }
     }
 }
 
@@ -529,7 +547,7 @@ impl Model {
         let w = &self.weights;
         let kern = dispatch::kernels();
         // The int8 form of the current projection input, when asked for.
-        let int8 = self.activations == Activations::Int8;
+        let int8 = self.activations.int8_for(n);
         let mut xq = Q8Activations::quantize(&[], 0, 0);
 
         // x: (n, dim), the residual stream, starts as the token embeddings.

@@ -768,7 +768,11 @@ pub fn storage_type(
 ) -> TensorType {
     let dense = ty.dense();
     match (opts.pattern, dense.sparse_2_4()) {
-        (Pattern::NofM { n: 2, m: 4 }, Some(s)) if sparse_storage && cols.is_multiple_of(sparse::SK) => s,
+        (Pattern::NofM { n: 2, m: 4 }, Some(s))
+            if sparse_storage && cols.is_multiple_of(sparse::SK) =>
+        {
+            s
+        }
         _ => dense,
     }
 }

@@ -158,13 +158,23 @@ fn golden_top1_through_q8() {
     .unwrap();
     let mut model = Model::load(&out).unwrap();
     std::fs::remove_dir_all(&dir).ok();
-    // f32 inputs (the default) hold the q8 bounds above; int8 inputs, as
+    // f32 inputs hold the q8 bounds above; int8 inputs, as
     // llama.cpp computes, change more top-1 tokens (20 of 531 measured),
     // still only where the reference's margin is under Q8_MARGIN.
     model.set_activations(Activations::F32);
     check_q8(&model, "f32", 50);
     model.set_activations(Activations::Int8);
     check_q8(&model, "int8", 20);
+    // The default, auto, is f32 for several tokens at once: bit for bit.
+    let tokens = ids(&case("digits")["token_ids"]);
+    let run = |m: &Model| {
+        m.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All)
+            .unwrap()
+    };
+    model.set_activations(Activations::Auto);
+    let auto = run(&model);
+    model.set_activations(Activations::F32);
+    assert!(auto == run(&model), "auto must equal f32 on a prompt");
 }
 
 /// Golden prompts through `model`: mean last-position KL under

@@ -22,9 +22,10 @@ struct Cli {
     /// Worker threads (default: one per core).
     #[arg(long, short = 't', global = true)]
     threads: Option<usize>,
-    /// Inputs of quantized matrix products: f32 (reference accuracy) or
-    /// int8 (faster prompt processing, slightly less accurate).
-    #[arg(long, global = true, default_value = "f32", value_parser = ["f32", "int8"])]
+    /// Inputs of quantized matrix products: auto (f32 for prompts, int8 for
+    /// generation: the fastest of each), f32 (reference accuracy) or int8
+    /// (as llama.cpp). f32 models always compute in f32.
+    #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "f32", "int8"])]
     act: String,
     #[command(subcommand)]
     command: Command,
@@ -372,7 +373,7 @@ fn run_cli(cli: Cli) -> Result<()> {
         microllm::pool::set_threads(n);
     }
     let act = microllm::Activations::from_name(&cli.act)
-        .with_context(|| format!("--act {}: use f32 or int8", cli.act))?;
+        .with_context(|| format!("--act {}: use auto, f32 or int8", cli.act))?;
     let _ = ACTIVATIONS.set(act);
     // A bad MICROLLM_ISA is an error here rather than a silent fallback.
     microllm::dispatch::init().map_err(|e| anyhow::anyhow!("{e}"))?;
