@@ -685,7 +685,8 @@ impl<'a> Input<'a> {
     /// one and the weights are quantized.
     fn matmul(&self, w: &WeightsRef<'_>, out: &mut [f32], n: usize) {
         match self.q8 {
-            Some(a) if w.ty().is_quantized() => w.matmul_q8(out, a),
+            // The 2:4 sparse types have SIMD kernels for f32 inputs only.
+            Some(a) if w.ty().is_quantized() && !w.ty().is_sparse() => w.matmul_q8(out, a),
             _ => w.matmul(out, self.f32, n),
         }
     }
