@@ -18,15 +18,7 @@ fn gguf() -> PathBuf {
 }
 
 fn microllm(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_microllm"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    microllm_env(&[], args)
 }
 
 fn golden(name: &str) -> serde_json::Value {

@@ -30,41 +30,27 @@ avx512_fn!(fn axpy_imp(y: &mut [f32], a: f32, x: &[f32]) => avx2::axpy_f32(y, a,
 avx512_fn!(fn quantize_imp(x: &[f32], q: &mut [BlockQ8], s: &mut [f32], sums: &mut [i32])
     => avx2::quantize_q8(x, q, s, sums));
 
-/// q8 weights × int8 activations.
-pub(crate) fn matmul_q8_q8(
-    w: &WeightsRef<'_>,
-    rows: Range<usize>,
-    x: &Q8Activations,
-    out: &mut [f32],
-) {
-    // SAFETY: only reachable through `crate::x86::AVX512`, handed out after avx512_available().
-    // SAFETY: as above; the 512-bit kernel checks lengths and planes.
-    unsafe { int8_512(Wt::Q8, w, rows, x, out) }
+/// The table entries of the 512-bit int8 kernel, one per weight type.
+macro_rules! int8_entry {
+    ($name:ident, $wt:expr, $doc:literal) => {
+        #[doc = $doc]
+        pub(crate) fn $name(
+            w: &WeightsRef<'_>,
+            rows: Range<usize>,
+            x: &Q8Activations,
+            out: &mut [f32],
+        ) {
+            // SAFETY: only reachable through `crate::x86::AVX512`, handed
+            // out after avx512_available(); the kernel checks lengths and
+            // planes.
+            unsafe { int8_512($wt, w, rows, x, out) }
+        }
+    };
 }
 
-/// q4 weights × int8 activations.
-pub(crate) fn matmul_q4_q8(
-    w: &WeightsRef<'_>,
-    rows: Range<usize>,
-    x: &Q8Activations,
-    out: &mut [f32],
-) {
-    // SAFETY: only reachable through `crate::x86::AVX512`, handed out after avx512_available().
-    // SAFETY: as above; the 512-bit kernel checks lengths and planes.
-    unsafe { int8_512(Wt::Q4, w, rows, x, out) }
-}
-
-/// q4m weights × int8 activations.
-pub(crate) fn matmul_q4m_q8(
-    w: &WeightsRef<'_>,
-    rows: Range<usize>,
-    x: &Q8Activations,
-    out: &mut [f32],
-) {
-    // SAFETY: only reachable through `crate::x86::AVX512`, handed out after avx512_available().
-    // SAFETY: as above; the 512-bit kernel checks lengths and planes.
-    unsafe { int8_512(Wt::Q4m, w, rows, x, out) }
-}
+int8_entry!(matmul_q8_q8, Wt::Q8, "q8 weights × int8 activations.");
+int8_entry!(matmul_q4_q8, Wt::Q4, "q4 weights × int8 activations.");
+int8_entry!(matmul_q4m_q8, Wt::Q4m, "q4m weights × int8 activations.");
 
 /// Any weights × f32 activations.
 pub(crate) fn matmul_f32_entry(
