@@ -251,28 +251,11 @@ unsafe fn load_f16x16(plane: *const u16, b0: usize, count: usize) -> __m512 {
     _mm512_cvtph_ps(h)
 }
 
-/// One pair of blocks for `T` tokens: exact integer block sums, scaled per
-/// lane and added to `acc[t]`.
+/// Rows `r..r + R` against tokens `t0..t0 + T`: `R = 4, T = 1` for decode
+/// (four rows share each activation load), `R = 1, T = 4` for prompts (one
+/// unpacked weight pair serves four tokens).
 #[inline(always)]
-unsafe fn pair_terms<const T: usize>(
-    wv: __m512i,
-    idx: __m512i,
-    p: &Prep512,
-    ai: [usize; T],
-    c: &[__m512; T],
-    acc: &mut [__m512; T],
-) {
-    for t in 0..T {
-        // Exact integer block sums: Σ w_u·a − offset·Σa.
-        let isum = _mm512_dpbusd_epi32(*p.off.get_unchecked(ai[t]), wv, *p.q.get_unchecked(ai[t]));
-        let sc = _mm512_permutexvar_ps(idx, c[t]);
-        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), sc, acc[t]);
-    }
-}
-
-/// `out[(r − rows.start)·n + t]` for tiles of `T` tokens.
-#[inline(always)]
-unsafe fn int8_512_tile<const T: usize>(
+unsafe fn int8_512_block<const R: usize, const T: usize>(
     wt: Wt,
     w: (*const u8, *const u16, *const u16),
     nb: usize,
@@ -280,99 +263,54 @@ unsafe fn int8_512_tile<const T: usize>(
     idx: &[__m512i; 8],
     r: usize,
     t0: usize,
-) -> [f32; T] {
+) -> [[f32; T]; R] {
     let (quants, scales, mins) = w;
-    // Two independent sums per token, even and odd pairs: one FMA chain
-    // would wait on the FMA latency at every pair.
-    let mut acc0 = [_mm512_setzero_ps(); T];
-    let mut acc1 = [_mm512_setzero_ps(); T];
+    // Two independent sums per (row, token), even and odd pairs: one FMA
+    // chain would wait on the FMA latency at every pair.
+    let mut acc0 = [[_mm512_setzero_ps(); T]; R];
+    let mut acc1 = [[_mm512_setzero_ps(); T]; R];
+    let ti = |t: usize, g: usize| (t0 + t) * p.ng + g;
     for g in 0..p.ng {
         let b0 = g * 16;
         let count = (nb - b0).min(16);
-        let dw = load_f16x16(scales, r * nb + b0, count);
-        let mut c = [_mm512_setzero_ps(); T];
-        for t in 0..T {
-            let ti = (t0 + t) * p.ng + g;
-            c[t] = _mm512_mul_ps(dw, *p.d.get_unchecked(ti));
-        }
-        if wt == Wt::Q4m {
-            // q4m's minimum: m·(d_a·Σa) per block.
-            let dm = load_f16x16(mins, r * nb + b0, count);
+        let mut c = [[_mm512_setzero_ps(); T]; R];
+        for k in 0..R {
+            let dw = load_f16x16(scales, (r + k) * nb + b0, count);
             for t in 0..T {
-                let ti = (t0 + t) * p.ng + g;
-                acc1[t] = _mm512_fmadd_ps(dm, *p.ds.get_unchecked(ti), acc1[t]);
+                c[k][t] = _mm512_mul_ps(dw, *p.d.get_unchecked(ti(t, g)));
             }
-        }
-        let pairs = count.div_ceil(2);
-        let ai = |pi: usize| -> [usize; T] { std::array::from_fn(|t| (t0 + t) * p.np + pi) };
-        let mut pp = 0;
-        while pp + 2 <= pairs {
-            let pi = g * 8 + pp;
-            let w0 = load_pair(wt, quants, nb, r, pi);
-            let w1 = load_pair(wt, quants, nb, r, pi + 1);
-            pair_terms::<T>(w0, idx[pp], p, ai(pi), &c, &mut acc0);
-            pair_terms::<T>(w1, idx[pp + 1], p, ai(pi + 1), &c, &mut acc1);
-            pp += 2;
-        }
-        if pp < pairs {
-            let pi = g * 8 + pp;
-            let w0 = load_pair(wt, quants, nb, r, pi);
-            pair_terms::<T>(w0, idx[pp], p, ai(pi), &c, &mut acc0);
-        }
-    }
-    let mut res = [0.0f32; T];
-    for t in 0..T {
-        res[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
-    }
-    res
-}
-
-/// Decode: rows `r..r + R` against one token; the activation loads are
-/// shared by the `R` rows.
-#[inline(always)]
-unsafe fn int8_512_rows<const R: usize>(
-    wt: Wt,
-    w: (*const u8, *const u16, *const u16),
-    nb: usize,
-    p: &Prep512,
-    idx: &[__m512i; 8],
-    r: usize,
-) -> [f32; R] {
-    let (quants, scales, mins) = w;
-    let mut acc0 = [_mm512_setzero_ps(); R];
-    let mut acc1 = [_mm512_setzero_ps(); R];
-    for g in 0..p.ng {
-        let b0 = g * 16;
-        let count = (nb - b0).min(16);
-        let da = *p.d.get_unchecked(g);
-        let c: [__m512; R] = std::array::from_fn(|k| {
-            _mm512_mul_ps(load_f16x16(scales, (r + k) * nb + b0, count), da)
-        });
-        if wt == Wt::Q4m {
-            for k in 0..R {
+            if wt == Wt::Q4m {
+                // q4m's minimum: m·(d_a·Σa) per block.
                 let dm = load_f16x16(mins, (r + k) * nb + b0, count);
-                acc1[k] = _mm512_fmadd_ps(dm, *p.ds.get_unchecked(g), acc1[k]);
+                for t in 0..T {
+                    acc1[k][t] = _mm512_fmadd_ps(dm, *p.ds.get_unchecked(ti(t, g)), acc1[k][t]);
+                }
             }
         }
-        let pairs = count.div_ceil(2);
-        for pp in 0..pairs {
+        for pp in 0..count.div_ceil(2) {
             let pi = g * 8 + pp;
-            let a = *p.q.get_unchecked(pi);
-            let off = *p.off.get_unchecked(pi);
-            let id = idx[pp];
+            let ai = |t: usize| (t0 + t) * p.np + pi;
+            let a: [__m512i; T] = std::array::from_fn(|t| *p.q.get_unchecked(ai(t)));
+            let off: [__m512i; T] = std::array::from_fn(|t| *p.off.get_unchecked(ai(t)));
             for k in 0..R {
                 let wv = load_pair(wt, quants, nb, r + k, pi);
-                let isum = _mm512_dpbusd_epi32(off, wv, a);
-                let sc = _mm512_permutexvar_ps(id, c[k]);
-                if pp % 2 == 0 {
-                    acc0[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), sc, acc0[k]);
-                } else {
-                    acc1[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), sc, acc1[k]);
+                for t in 0..T {
+                    // Exact integer block sums: Σ w_u·a − offset·Σa.
+                    let isum = _mm512_dpbusd_epi32(off[t], wv, a[t]);
+                    let sc = _mm512_permutexvar_ps(idx[pp], c[k][t]);
+                    let v = _mm512_cvtepi32_ps(isum);
+                    if pp % 2 == 0 {
+                        acc0[k][t] = _mm512_fmadd_ps(v, sc, acc0[k][t]);
+                    } else {
+                        acc1[k][t] = _mm512_fmadd_ps(v, sc, acc1[k][t]);
+                    }
                 }
             }
         }
     }
-    std::array::from_fn(|k| _mm512_reduce_add_ps(_mm512_add_ps(acc0[k], acc1[k])))
+    std::array::from_fn(|k| {
+        std::array::from_fn(|t| _mm512_reduce_add_ps(_mm512_add_ps(acc0[k][t], acc1[k][t])))
+    })
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -431,18 +369,14 @@ unsafe fn int8_512(
         let m = rows.len();
         let mut i = 0;
         while i + 4 <= m {
-            out[i..i + 4].copy_from_slice(&int8_512_rows::<4>(
-                wt,
-                planes,
-                nb,
-                &p,
-                &idx,
-                rows.start + i,
-            ));
+            let res = int8_512_block::<4, 1>(wt, planes, nb, &p, &idx, rows.start + i, 0);
+            for k in 0..4 {
+                out[i + k] = res[k][0];
+            }
             i += 4;
         }
         while i < m {
-            out[i] = int8_512_rows::<1>(wt, planes, nb, &p, &idx, rows.start + i)[0];
+            out[i] = int8_512_block::<1, 1>(wt, planes, nb, &p, &idx, rows.start + i, 0)[0][0];
             i += 1;
         }
         return;
@@ -451,11 +385,12 @@ unsafe fn int8_512(
         let o = &mut out[i * n..(i + 1) * n];
         let mut t0 = 0;
         while t0 + 4 <= n {
-            o[t0..t0 + 4].copy_from_slice(&int8_512_tile::<4>(wt, planes, nb, &p, &idx, r, t0));
+            o[t0..t0 + 4]
+                .copy_from_slice(&int8_512_block::<1, 4>(wt, planes, nb, &p, &idx, r, t0)[0]);
             t0 += 4;
         }
         while t0 < n {
-            o[t0] = int8_512_tile::<1>(wt, planes, nb, &p, &idx, r, t0)[0];
+            o[t0] = int8_512_block::<1, 1>(wt, planes, nb, &p, &idx, r, t0)[0][0];
             t0 += 1;
         }
     }
