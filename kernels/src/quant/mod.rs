@@ -18,8 +18,10 @@ use crate::dispatch::Kernels;
 use crate::pool::Pool;
 use half::f16;
 use rayon::prelude::*;
+use std::any::Any;
 use std::fmt;
 use std::ops::Range;
+use std::sync::{Arc, OnceLock};
 
 pub mod baseline;
 pub mod q4;
@@ -1051,6 +1053,29 @@ pub struct Q8Activations {
     quants: Vec<BlockQ8>,
     scales: Vec<f32>,
     sums: Vec<i32>,
+    layouts: LayoutCache,
+}
+
+/// Kernels' own arrangements of one set of activations, built once (by the
+/// first pool task that needs it) and shared by every task and every matrix
+/// that takes these activations. Not part of the value: equal always.
+#[derive(Clone, Default)]
+struct LayoutCache([OnceLock<Arc<dyn Any + Send + Sync>>; LayoutCache::SLOTS]);
+
+impl LayoutCache {
+    const SLOTS: usize = 4;
+}
+
+impl fmt::Debug for LayoutCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LayoutCache")
+    }
+}
+
+impl PartialEq for LayoutCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Q8Activations {
@@ -1066,6 +1091,7 @@ impl Q8Activations {
             quants: Vec::new(),
             scales: Vec::new(),
             sums: Vec::new(),
+            layouts: LayoutCache::default(),
         };
         a.requantize_with(crate::dispatch::kernels(), x, n, cols);
         a
@@ -1090,6 +1116,21 @@ impl Q8Activations {
         self.scales.resize(nblocks, 0.0);
         self.sums.resize(nblocks, 0);
         (k.quantize_q8)(x, &mut self.quants, &mut self.scales, &mut self.sums);
+        self.layouts = LayoutCache::default();
+    }
+
+    /// The arrangement `build` makes of these activations, built on first
+    /// use and kept until they are quantized again: a kernel that reorders
+    /// activations does it once per matrix input, not once per task.
+    /// `slot` (below 4) names the arrangement; one slot holds one type.
+    ///
+    /// # Panics
+    /// When `slot` is out of range or already holds another type.
+    pub fn layout<T: Any + Send + Sync>(&self, slot: usize, build: impl FnOnce() -> T) -> &T {
+        self.layouts.0[slot]
+            .get_or_init(|| Arc::new(build()))
+            .downcast_ref::<T>()
+            .expect("Q8Activations::layout: the slot holds another type")
     }
 
     /// Tokens.
@@ -1150,6 +1191,24 @@ mod tests {
         // The element count fits, the bytes (34 per 32 elements) do not.
         assert_eq!(TensorType::Q8.byte_len(u64::MAX / 32, 32), None);
         assert!(TensorType::Q4m.byte_len(u64::MAX / 32, 32).is_some());
+    }
+
+    #[test]
+    fn activation_layouts_are_built_once_and_dropped_on_requantize() {
+        let k = &crate::dispatch::SCALAR;
+        let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
+        let mut a = Q8Activations::quantize(&x, 2, 32);
+        let builds = std::cell::Cell::new(0);
+        let first = *a.layout(1, || {
+            builds.set(builds.get() + 1);
+            a.row(1).sums[0]
+        });
+        assert_eq!(*a.layout(1, || -> i32 { unreachable!() }), first);
+        assert_eq!(builds.get(), 1);
+        let y: Vec<f32> = x.iter().map(|v| -v).collect();
+        a.requantize_with(k, &y, 2, 32);
+        assert_eq!(*a.layout(1, || a.row(1).sums[0]), -first);
+        assert_eq!(a, Q8Activations::quantize(&y, 2, 32));
     }
 
     #[test]

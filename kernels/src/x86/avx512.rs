@@ -363,20 +363,24 @@ unsafe fn int8_512(
         out.fill(0.0);
         return;
     }
-    let p = prep512(x, wt);
+    // Built once per activations and weight kind, shared by all tasks.
+    let p = x.layout(wt as usize, || {
+        // SAFETY: this function is compiled with the same features.
+        unsafe { prep512(x, wt) }
+    });
     let idx: [__m512i; 8] = std::array::from_fn(|pp| lane_idx(wt, pp));
     if n == 1 {
         let m = rows.len();
         let mut i = 0;
         while i + 4 <= m {
-            let res = int8_512_block::<4, 1>(wt, planes, nb, &p, &idx, rows.start + i, 0);
+            let res = int8_512_block::<4, 1>(wt, planes, nb, p, &idx, rows.start + i, 0);
             for k in 0..4 {
                 out[i + k] = res[k][0];
             }
             i += 4;
         }
         while i < m {
-            out[i] = int8_512_block::<1, 1>(wt, planes, nb, &p, &idx, rows.start + i, 0)[0][0];
+            out[i] = int8_512_block::<1, 1>(wt, planes, nb, p, &idx, rows.start + i, 0)[0][0];
             i += 1;
         }
         return;
@@ -386,11 +390,11 @@ unsafe fn int8_512(
         let mut t0 = 0;
         while t0 + 4 <= n {
             o[t0..t0 + 4]
-                .copy_from_slice(&int8_512_block::<1, 4>(wt, planes, nb, &p, &idx, r, t0)[0]);
+                .copy_from_slice(&int8_512_block::<1, 4>(wt, planes, nb, p, &idx, r, t0)[0]);
             t0 += 4;
         }
         while t0 < n {
-            o[t0] = int8_512_block::<1, 1>(wt, planes, nb, &p, &idx, r, t0)[0][0];
+            o[t0] = int8_512_block::<1, 1>(wt, planes, nb, p, &idx, r, t0)[0][0];
             t0 += 1;
         }
     }
