@@ -14,7 +14,7 @@ use crate::tokenizer::Tokenizer;
 use microllm_kernels::dispatch::{self, Kernels};
 use microllm_kernels::f32 as k;
 use microllm_kernels::pool;
-use microllm_kernels::quant::{Q8Activations, TensorType, WeightsRef};
+use microllm_kernels::quant::{F32Activations, Planes, Q8Activations, TensorType, WeightsRef};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -582,7 +582,8 @@ impl Model {
         for (l, lw) in w.layers.iter().enumerate() {
             // Attention block: x += wo · attention(rope(wq · norm(x)), cache).
             rmsnorm_rows(&mut xb, &x, lw.attn_norm.data(), cfg.rms_norm_eps, dim);
-            let xin = Input::new(&xb, int8_form(&mut xq, int8, kern, &xb, n, dim));
+            let xin_f = F32Activations::new(&xb, n, dim);
+            let xin = Input::new(&xin_f, int8_form(&mut xq, int8, kern, &xb, n, dim));
             linear(l, lw, Proj::Q, &mut q, xin, n, hook);
             linear(l, lw, Proj::K, &mut kk, xin, n, hook);
             linear(l, lw, Proj::V, &mut vv, xin, n, hook);
@@ -597,17 +598,20 @@ impl Model {
             cache.k[l].extend_from_slice(&kk);
             cache.v[l].extend_from_slice(&vv);
             attention(&mut att, &q, &cache.k[l], &cache.v[l], pos0, cfg, kern);
-            let ain = Input::new(&att, int8_form(&mut xq, int8, kern, &att, n, q_dim));
+            let ain_f = F32Activations::new(&att, n, q_dim);
+            let ain = Input::new(&ain_f, int8_form(&mut xq, int8, kern, &att, n, q_dim));
             linear(l, lw, Proj::O, &mut proj, ain, n, hook);
             k::add_inplace(&mut x, &proj);
 
             // MLP block: x += w_down · (silu(w_gate · norm(x)) * (w_up · norm(x))).
             rmsnorm_rows(&mut xb, &x, lw.ffn_norm.data(), cfg.rms_norm_eps, dim);
-            let xin = Input::new(&xb, int8_form(&mut xq, int8, kern, &xb, n, dim));
+            let xin_f = F32Activations::new(&xb, n, dim);
+            let xin = Input::new(&xin_f, int8_form(&mut xq, int8, kern, &xb, n, dim));
             linear(l, lw, Proj::Gate, &mut gate, xin, n, hook);
             linear(l, lw, Proj::Up, &mut up, xin, n, hook);
             k::silu_mul(&mut gate, &up);
-            let gin = Input::new(&gate, int8_form(&mut xq, int8, kern, &gate, n, hidden));
+            let gin_f = F32Activations::new(&gate, n, hidden);
+            let gin = Input::new(&gin_f, int8_form(&mut xq, int8, kern, &gate, n, hidden));
             linear(l, lw, Proj::Down, &mut proj, gin, n, hook);
             k::add_inplace(&mut x, &proj);
         }
@@ -630,7 +634,8 @@ impl Model {
             dim,
         );
         let mut logits = vec![0.0f32; m * vocab];
-        let hin = Input::new(&normed, int8_form(&mut xq, int8, kern, &normed, m, dim));
+        let hin_f = F32Activations::new(&normed, m, dim);
+        let hin = Input::new(&hin_f, int8_form(&mut xq, int8, kern, &normed, m, dim));
         hin.matmul(&head, &mut logits, m);
         Ok(logits)
     }
@@ -648,7 +653,7 @@ fn linear(
 ) {
     x.matmul(&lw.proj(p).weights(), out, n);
     if let Some(h) = hook {
-        h.linear(layer, p, x.f32, n, out);
+        h.linear(layer, p, x.f32.data(), n, out);
     }
 }
 
@@ -672,12 +677,12 @@ fn int8_form<'b>(
 /// on int8 activations.
 #[derive(Clone, Copy)]
 struct Input<'a> {
-    f32: &'a [f32],
+    f32: &'a F32Activations<'a>,
     q8: Option<&'a Q8Activations>,
 }
 
 impl<'a> Input<'a> {
-    fn new(f32: &'a [f32], q8: Option<&'a Q8Activations>) -> Input<'a> {
+    fn new(f32: &'a F32Activations<'a>, q8: Option<&'a Q8Activations>) -> Input<'a> {
         Input { f32, q8 }
     }
 
@@ -687,7 +692,10 @@ impl<'a> Input<'a> {
         match self.q8 {
             // The 2:4 sparse types have SIMD kernels for f32 inputs only.
             Some(a) if w.ty().is_quantized() && !w.ty().is_sparse() => w.matmul_q8(out, a),
-            _ => w.matmul(out, self.f32, n),
+            _ => {
+                debug_assert_eq!(self.f32.n(), n);
+                w.matmul_act(out, self.f32)
+            }
         }
     }
 }
@@ -713,6 +721,10 @@ fn attention(
     kern: &Kernels,
 ) {
     let (hd, q_dim, kv_dim) = (cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
+    let n = q.len() / q_dim;
+    if n >= PROMPT_ATTENTION_MIN_TOKENS {
+        return prompt_attention(out, q, k_cache, v_cache, pos0, cfg, kern);
+    }
     let group = cfg.n_heads / cfg.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     // One task per (token, head): each owns one head_dim slice of `out`.
@@ -731,6 +743,85 @@ fn attention(
             (kern.axpy)(o, a, &v_cache[span(p)]);
         }
     });
+}
+
+/// From this many new tokens attention runs as matrix products.
+const PROMPT_ATTENTION_MIN_TOKENS: usize = 8;
+
+/// [`attention`] for a prompt: per key/value head, two matrix products on
+/// the kernels' matmul (the AMX tiles where there are some) instead of a
+/// dot product and an axpy per (query, position):
+///
+/// - `scores (group·n, n_ctx) = Q_g · K_hᵀ`, the queries of the `group`
+///   heads that share the key head stacked as rows;
+/// - each row scaled, masked to its own past (causal) and softmaxed into
+///   `P (group·n, ctx)`, `ctx` = `n_ctx` padded to whole blocks of 32;
+/// - `O (group·n, head_dim) = P · V_h`, with `V_hᵀ (head_dim, ctx)` as the
+///   matrix.
+///
+/// The masked upper triangle is computed and thrown away: it costs less
+/// than splitting the products along the diagonal.
+fn prompt_attention(
+    out: &mut [f32],
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    pos0: usize,
+    cfg: &ModelConfig,
+    kern: &Kernels,
+) {
+    let (hd, q_dim, kv_dim) = (cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
+    let group = cfg.n_heads / cfg.n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let n = q.len() / q_dim;
+    let n_ctx = pos0 + n;
+    let ctx = n_ctx.next_multiple_of(microllm_kernels::quant::QK);
+    let pool = pool::global();
+    let rows = group * n;
+    // Scratch: K_h (n_ctx, hd), V_hᵀ (hd, ctx), Q_g (rows, hd),
+    // scores (rows, n_ctx), P (rows, ctx), O (rows, hd).
+    let mut kh = vec![0.0f32; n_ctx * hd];
+    let mut vt = vec![0.0f32; hd * ctx];
+    let mut qg = vec![0.0f32; rows * hd];
+    let mut scores = vec![0.0f32; rows * n_ctx];
+    let mut p = vec![0.0f32; rows * ctx];
+    let mut o = vec![0.0f32; rows * hd];
+    for kvh in 0..cfg.n_kv_heads {
+        for (pos, row) in kh.chunks_exact_mut(hd).enumerate() {
+            row.copy_from_slice(&k_cache[pos * kv_dim + kvh * hd..][..hd]);
+        }
+        for pos in 0..n_ctx {
+            for (d, &v) in v_cache[pos * kv_dim + kvh * hd..][..hd].iter().enumerate() {
+                vt[d * ctx + pos] = v;
+            }
+        }
+        for g in 0..group {
+            let h = kvh * group + g;
+            for t in 0..n {
+                qg[(g * n + t) * hd..][..hd].copy_from_slice(&q[t * q_dim + h * hd..][..hd]);
+            }
+        }
+        let k_mat = WeightsRef::new(n_ctx, hd, Planes::F32(&kh)).expect("K_h is (n_ctx, hd)");
+        k_mat.matmul_with(kern, pool, &mut scores, &qg, rows);
+        // Row (g, t) sees positions 0..=pos0 + t; the rest of P stays 0.
+        pool.for_chunks(&mut p, ctx, &|i, prow| {
+            let len = pos0 + i % n + 1;
+            let (live, masked) = prow.split_at_mut(len);
+            for (v, &sc) in live.iter_mut().zip(&scores[i * n_ctx..]) {
+                *v = sc * scale;
+            }
+            k::softmax(live);
+            masked.fill(0.0);
+        });
+        let v_mat = WeightsRef::new(hd, ctx, Planes::F32(&vt)).expect("V_hᵀ is (hd, ctx)");
+        v_mat.matmul_with(kern, pool, &mut o, &p, rows);
+        for g in 0..group {
+            let h = kvh * group + g;
+            for t in 0..n {
+                out[t * q_dim + h * hd..][..hd].copy_from_slice(&o[(g * n + t) * hd..][..hd]);
+            }
+        }
+    }
 }
 
 /// RoPE frequencies `1 / theta^(2i / head_dim)`, adjusted for scaling.

@@ -22,7 +22,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const IDS: [u32; 8] = [1, 504, 2365, 6354, 16438, 27003, 690, 260];
-const F32_TOL: f32 = 1e-4;
+/// Per-logit tolerance of f32 results against the float64 numpy merge:
+/// 1e-4 where products are summed in f32, 1e-3 on the AMX tier, whose
+/// prompt products carry 16 significant bits (`Isa::f32_tolerance`).
+fn f32_tol() -> f32 {
+    match microllm::dispatch::kernels().isa {
+        microllm::dispatch::Isa::Amx => 1e-3,
+        _ => 1e-4,
+    }
+}
 const ADAPTERS: [&str; 4] = ["plain", "rslora", "patterns", "fan_in_fan_out"];
 
 fn lora_fixture(rel: &str) -> PathBuf {
@@ -136,13 +144,13 @@ fn f32_merged_and_unmerged_match_the_numpy_merge() {
         let merged_model = load(&dir, false).with_lora_merged(&[(&a, 1.0)]).unwrap();
         let merged = logits(&merged_model, None);
         let d = max_diff(&merged, &want);
-        assert!(d <= F32_TOL, "{name}: merged f32 off by {d}");
+        assert!(d <= f32_tol(), "{name}: merged f32 off by {d}");
         let un = unmerged(&load(&dir, false), &[(&a, 1.0)]);
         let du = max_diff(&un, &want);
-        assert!(du <= F32_TOL, "{name}: unmerged f32 off by {du}");
+        assert!(du <= f32_tol(), "{name}: unmerged f32 off by {du}");
         eprintln!("{name}: f32 max |Δlogit| merged {d:.1e}, unmerged {du:.1e} (adapter moves logits by {off:.1})");
         let d = max_diff(&un, &merged);
-        assert!(d <= F32_TOL, "{name}: merged and unmerged differ by {d}");
+        assert!(d <= f32_tol(), "{name}: merged and unmerged differ by {d}");
     }
     std::fs::remove_dir_all(dir).ok();
 }
@@ -272,8 +280,8 @@ fn scaling_rules_rslora_rank_pattern_alpha_pattern() {
     let want = logits(&reference("rslora"), None);
     let right = unmerged(&b, &[(&rs, 1.0)]);
     let naive = unmerged(&b, &[(&rs, 0.5)]);
-    assert!(max_diff(&right, &want) <= F32_TOL);
-    assert!(max_diff(&naive, &want) > 1000.0 * F32_TOL, "rslora");
+    assert!(max_diff(&right, &want) <= f32_tol());
+    assert!(max_diff(&naive, &want) > 1000.0 * f32_tol(), "rslora");
     // patterns without alpha_pattern (rank_pattern is needed for the shapes).
     let want = logits(&reference("patterns"), None);
     let no_alpha = copy_adapter("patterns", "lora-no-alpha-pattern", |cfg, _| {
@@ -281,7 +289,10 @@ fn scaling_rules_rslora_rank_pattern_alpha_pattern() {
     });
     let naive = Arc::new(LoraAdapter::load(&no_alpha).unwrap());
     let d = max_diff(&unmerged(&b, &[(&naive, 1.0)]), &want);
-    assert!(d > 1000.0 * F32_TOL, "alpha_pattern ignored: only {d} off");
+    assert!(
+        d > 1000.0 * f32_tol(),
+        "alpha_pattern ignored: only {d} off"
+    );
     // Ignoring rank_pattern cannot even load: the ranks do not fit r.
     let no_rank = copy_adapter("patterns", "lora-no-rank-pattern", |cfg, _| {
         cfg["rank_pattern"] = serde_json::json!({});
@@ -317,7 +328,7 @@ fn user_scales_and_stacked_adapters_agree_between_modes() {
         let merged = logits(&load(&dir, false).with_lora_merged(&pairs).unwrap(), None);
         let d = max_diff(&un, &merged);
         // Deltas up to 2.5× larger: allow proportionally more rounding.
-        assert!(d <= 3.0 * F32_TOL, "{set:?}: {d}");
+        assert!(d <= 3.0 * f32_tol(), "{set:?}: {d}");
     }
     // Scale 1 of plain through the user-scale path is the reference.
     let half_twice = unmerged(&b, &[(&p, 0.5), (&p, 0.5)]);
@@ -341,35 +352,35 @@ fn session_attach_detach_and_scale_recompute_the_context() {
     // The session feeds the last token on its own (a one-row product) and
     // `logits` all at once: SIMD kernels sum in another order, so equal
     // within rounding rather than bit for bit.
-    assert!(max_diff(s.append(&IDS).unwrap(), &base_last) <= F32_TOL);
+    assert!(max_diff(s.append(&IDS).unwrap(), &base_last) <= f32_tol());
     // Attaching keeps the tokens and recomputes them with the adapter.
     s.attach_lora(a.clone(), 1.0).unwrap();
     assert_eq!(s.tokens(), &IDS);
     let got = s.append(&[]).unwrap().to_vec();
-    assert!(max_diff(&got, &with_last) <= F32_TOL);
+    assert!(max_diff(&got, &with_last) <= f32_tol());
     assert!(max_diff(&got, &base_last) > 0.5);
     // Prefix reuse sees the change: everything is recomputed once...
     s.set_lora_scale(&a, 0.0).unwrap();
     let (l, computed) = s.set_tokens(&IDS).unwrap();
     assert_eq!(computed, IDS.len());
-    assert!(max_diff(l, &base_last) <= F32_TOL);
+    assert!(max_diff(l, &base_last) <= f32_tol());
     // ...and only the last token when nothing changed.
     let (_, computed) = s.set_tokens(&IDS).unwrap();
     assert_eq!(computed, 1);
     s.set_lora_scale(&a, 1.0).unwrap();
     let (l, computed) = s.set_tokens(&IDS).unwrap();
     assert_eq!(computed, IDS.len());
-    assert!(max_diff(l, &with_last) <= F32_TOL);
+    assert!(max_diff(l, &with_last) <= f32_tol());
     assert_eq!(s.lora().adapters().len(), 1);
     assert!(s.detach_lora(&a));
     assert!(!s.detach_lora(&a));
-    assert!(max_diff(s.append(&[]).unwrap(), &base_last) <= F32_TOL);
+    assert!(max_diff(s.append(&[]).unwrap(), &base_last) <= f32_tol());
     // Two sessions on one model, one with the adapter: independent.
     let mut s2 = Session::new(b.clone());
     s2.attach_lora(a.clone(), 1.0).unwrap();
     let l2 = s2.append(&IDS).unwrap().to_vec();
-    assert!(max_diff(&l2, &with_last) <= F32_TOL);
-    assert!(max_diff(s.append(&[]).unwrap(), &base_last) <= F32_TOL);
+    assert!(max_diff(&l2, &with_last) <= f32_tol());
+    assert!(max_diff(s.append(&[]).unwrap(), &base_last) <= f32_tol());
     // Generation runs with the adapter.
     let g = s2
         .generate_tokens(&[], &Default::default(), |_| microllm::Control::Continue)
@@ -413,7 +424,7 @@ fn convert_bakes_adapters_and_records_them() {
         let got = logits(&m, None);
         if check_f32 {
             let d = max_diff(&got, &want);
-            assert!(d <= F32_TOL, "baked f32 off by {d}");
+            assert!(d <= f32_tol(), "baked f32 off by {d}");
         } else {
             // Baking quantizes W + s·B·A once, from f32: as good as q8 of
             // the numpy-merged model.

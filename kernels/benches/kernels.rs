@@ -11,7 +11,7 @@
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use microllm_kernels::dispatch::{Isa, Kernels};
 use microllm_kernels::quant::{
-    encode, BlockQ8, Q8Activations, QuantizedWeights, TensorType, WeightsRef, QK,
+    encode, BlockQ8, F32Activations, Q8Activations, QuantizedWeights, TensorType, WeightsRef, QK,
 };
 use std::time::Duration;
 
@@ -100,7 +100,7 @@ fn run(
 ) {
     match a {
         Some(a) => (k.matmul_q8_for(w).unwrap())(w, 0..w.rows(), a, out),
-        None => (k.matmul_f32)(w, 0..w.rows(), x, n, out),
+        None => (k.matmul_f32)(w, 0..w.rows(), &F32Activations::new(x, n, w.cols()), out),
     }
 }
 

@@ -3,11 +3,11 @@
 //!
 //! Every entry of a SIMD table has a scalar twin in [`SCALAR`], and the
 //! tests in `kernels/tests/isa.rs` hold each tier available on the machine
-//! to it. `MICROLLM_ISA=scalar|avx2|avx512|neon` forces a tier (an error if
+//! to it. `MICROLLM_ISA=scalar|avx2|avx512|amx|neon` forces a tier (an error if
 //! the CPU lacks it), so that every tier can be tested and benchmarked on
 //! one machine.
 
-use crate::quant::{BlockQ8, Q8Activations, WeightsRef};
+use crate::quant::{BlockQ8, F32Activations, Q8Activations, WeightsRef};
 use std::fmt;
 use std::ops::Range;
 use std::sync::OnceLock;
@@ -21,13 +21,15 @@ pub enum Isa {
     Avx2,
     /// x86-64 with AVX-512 (F, BW, VL) and VNNI.
     Avx512,
+    /// The AVX-512 tier with AMX-BF16 tiles for prompts.
+    Amx,
     /// aarch64 with NEON and the dot-product extension.
     Neon,
 }
 
 impl Isa {
     /// Every tier, in order of preference (last is best).
-    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
+    pub const ALL: [Isa; 5] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Amx, Isa::Neon];
 
     /// The name `MICROLLM_ISA` takes.
     pub const fn name(self) -> &'static str {
@@ -35,6 +37,7 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Amx => "amx",
             Isa::Neon => "neon",
         }
     }
@@ -52,6 +55,8 @@ impl Isa {
             Isa::Avx2 => crate::x86::avx2_available(),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => crate::x86::avx512_available(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => crate::x86::amx::available(),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => crate::aarch64::neon_available(),
             #[allow(unreachable_patterns)]
@@ -62,6 +67,17 @@ impl Isa {
     /// The tiers this CPU can run, scalar first.
     pub fn available() -> Vec<Isa> {
         Isa::ALL.into_iter().filter(|i| i.is_available()).collect()
+    }
+
+    /// How far this tier's f32-activation products may be from the exact
+    /// sum, relative to `Σ |w·x|` over the row: f32 sums for every tier
+    /// but AMX, whose tiles multiply two-bf16 splits of each operand
+    /// (16 significant bits per product, see [`crate::x86::amx`]).
+    pub const fn f32_tolerance(self) -> f64 {
+        match self {
+            Isa::Amx => 6e-5,
+            _ => 1e-5,
+        }
     }
 
     /// The best tier this CPU can run.
@@ -86,7 +102,22 @@ pub type MatmulQ8Fn =
 /// As [`MatmulQ8Fn`] with f32 activations `x (n, cols)`: quantized (or
 /// f32/f16) weights dequantized inside the product.
 pub type MatmulF32Fn =
-    fn(w: &WeightsRef<'_>, rows: Range<usize>, x: &[f32], n: usize, out: &mut [f32]);
+    fn(w: &WeightsRef<'_>, rows: Range<usize>, x: &F32Activations<'_>, out: &mut [f32]);
+
+/// As [`MatmulF32Fn`], writing `out (n, rows)` in place: the task's
+/// columns `rows` of every token's row (kernels whose tiles come out
+/// token-major). Only for weights whose columns are whole blocks of 32.
+pub type MatmulF32ColsFn =
+    fn(w: &WeightsRef<'_>, x: &F32Activations<'_>, out: crate::pool::Columns<'_>);
+
+/// A [`MatmulF32ColsFn`] and the token count from which it is used.
+#[derive(Clone, Copy)]
+pub struct ColsKernel {
+    /// Fewest tokens it pays for itself at.
+    pub min_tokens: usize,
+    /// The kernel.
+    pub f: MatmulF32ColsFn,
+}
 
 /// Quantizes whole blocks of activations to int8 (see [`Kernels::quantize_q8`]).
 pub type QuantizeQ8Fn = fn(x: &[f32], quants: &mut [BlockQ8], scales: &mut [f32], sums: &mut [i32]);
@@ -109,6 +140,9 @@ pub struct Kernels {
     pub matmul_q4m_q8: MatmulQ8Fn,
     /// Any weights × f32 activations.
     pub matmul_f32: MatmulF32Fn,
+    /// Prompts (f32 activations) written in place, where the tier has
+    /// such a kernel (AMX); [`Kernels::matmul_f32`] otherwise.
+    pub matmul_f32_cols: Option<ColsKernel>,
     /// `Σ a[i] · b[i]` (attention scores, f32 weights).
     pub dot: fn(a: &[f32], b: &[f32]) -> f32,
     /// `y[i] += a · x[i]` (attention's weighted sum of values).
@@ -129,6 +163,7 @@ pub static SCALAR: Kernels = Kernels {
     matmul_q4_q8: scalar_matmul_q8,
     matmul_q4m_q8: scalar_matmul_q8,
     matmul_f32: scalar_matmul_f32,
+    matmul_f32_cols: None,
     dot: crate::f32::dot,
     axpy: scalar_axpy,
 };
@@ -144,8 +179,13 @@ fn scalar_matmul_q8(w: &WeightsRef<'_>, rows: Range<usize>, x: &Q8Activations, o
 }
 
 /// Row-by-row reference: one scalar `dot` per (row, token).
-fn scalar_matmul_f32(w: &WeightsRef<'_>, rows: Range<usize>, x: &[f32], n: usize, out: &mut [f32]) {
-    let cols = w.cols();
+fn scalar_matmul_f32(
+    w: &WeightsRef<'_>,
+    rows: Range<usize>,
+    x: &F32Activations<'_>,
+    out: &mut [f32],
+) {
+    let (cols, n, x) = (w.cols(), x.n(), x.data());
     for (r, o) in rows.zip(out.chunks_exact_mut(n.max(1))) {
         for (t, v) in o.iter_mut().enumerate() {
             *v = w.dot_row(r, &x[t * cols..(t + 1) * cols]);
@@ -172,6 +212,8 @@ impl Kernels {
             Isa::Avx2 => Some(&crate::x86::AVX2),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => Some(&crate::x86::AVX512),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => Some(&crate::x86::AMX),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => Some(&crate::aarch64::NEON),
             #[allow(unreachable_patterns)]
@@ -215,7 +257,7 @@ pub fn requested() -> Result<Isa, IsaError> {
         Ok(v) if !v.is_empty() => {
             let isa = Isa::from_name(&v).ok_or_else(|| {
                 IsaError(format!(
-                    "MICROLLM_ISA={v} is not a tier; use one of scalar, avx2, avx512, neon"
+                    "MICROLLM_ISA={v} is not a tier; use one of scalar, avx2, avx512, amx, neon"
                 ))
             })?;
             if !isa.is_available() {

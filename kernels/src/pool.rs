@@ -12,6 +12,7 @@
 //! core (or a core shared with another process) takes fewer of them.
 
 use std::cell::UnsafeCell;
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -233,23 +234,168 @@ impl Pool {
             n * rows,
             "for_row_blocks_transposed: out is not (n, rows)"
         );
+        thread_local! {
+            // A task's block, kept between tasks: a prompt's blocks are
+            // hundreds of KB, and a fresh allocation per task faults its
+            // pages in again.
+            static BLOCK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        // Squares of the transpose: both sides stay in cache lines.
+        const SQ: usize = 16;
         let per = per.max(1);
         let base = SendPtr(out.as_mut_ptr());
         self.run(rows.div_ceil(per), &|i| {
             let r0 = i * per;
             let m = per.min(rows - r0);
-            let mut block = vec![0.0f32; m * n];
-            f(i, &mut block);
-            for t in 0..n {
-                let src = &block[..];
-                for rr in 0..m {
-                    // SAFETY: (t, r0 + rr) lies inside `out` (t < n, r0 +
-                    // rr < rows), and only the task owning row r0 + rr
-                    // writes it; `out` stays borrowed until `run` returns.
-                    unsafe { *base.get().add(t * rows + r0 + rr) = src[rr * n + t] };
+            BLOCK.with(|b| {
+                let mut b = b.borrow_mut();
+                // Kernels write every element (their tests start from NaN),
+                // so old contents need no clearing.
+                let len = b.len().max(m * n);
+                b.resize(len, 0.0);
+                let block = &mut b[..m * n];
+                f(i, block);
+                for t0 in (0..n).step_by(SQ) {
+                    for rr0 in (0..m).step_by(SQ) {
+                        for t in t0..(t0 + SQ).min(n) {
+                            for rr in rr0..(rr0 + SQ).min(m) {
+                                // SAFETY: (t, r0 + rr) lies inside `out`
+                                // (t < n, r0 + rr < rows), and only the task
+                                // owning row r0 + rr writes it; `out` stays
+                                // borrowed until `run` returns.
+                                unsafe { *base.get().add(t * rows + r0 + rr) = block[rr * n + t] };
+                            }
+                        }
+                    }
                 }
-            }
+            });
         });
+    }
+}
+
+impl Pool {
+    /// Fills `out (n, rows)` in blocks of `per` columns: task `i` gets
+    /// columns `i·per..` of every row, as a [`Columns`] view, and writes
+    /// them in place (for kernels whose products come out token-major, so
+    /// that nothing needs transposing).
+    pub fn for_column_blocks(
+        &self,
+        out: &mut [f32],
+        n: usize,
+        rows: usize,
+        per: usize,
+        f: &(dyn Fn(usize, Columns<'_>) + Sync),
+    ) {
+        assert_eq!(
+            out.len(),
+            n * rows,
+            "for_column_blocks: out is not (n, rows)"
+        );
+        let per = per.max(1);
+        let base = SendPtr(out.as_mut_ptr());
+        self.run(rows.div_ceil(per), &|i| {
+            let r0 = i * per;
+            let cols = r0..(r0 + per).min(rows);
+            f(
+                i,
+                Columns {
+                    base: base.get(),
+                    n,
+                    stride: rows,
+                    cols,
+                    _out: std::marker::PhantomData,
+                },
+            )
+        });
+    }
+}
+
+/// Columns `cols` of every row of an `(n, stride)` matrix: one pool task's
+/// share of it. Tasks hold disjoint column ranges, so their writes never
+/// meet.
+pub struct Columns<'a> {
+    base: *mut f32,
+    n: usize,
+    stride: usize,
+    cols: Range<usize>,
+    _out: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> Columns<'a> {
+    /// Columns `cols` of `out (n, stride)`, held for as long as `out` is
+    /// borrowed.
+    ///
+    /// # Panics
+    /// When `out` is not `n × stride` or `cols` reaches past `stride`.
+    pub fn new(out: &'a mut [f32], n: usize, stride: usize, cols: Range<usize>) -> Columns<'a> {
+        assert_eq!(
+            Some(out.len()),
+            n.checked_mul(stride),
+            "Columns: out is not (n, stride)"
+        );
+        assert!(
+            cols.start <= cols.end && cols.end <= stride,
+            "Columns: columns outside the rows"
+        );
+        Columns {
+            base: out.as_mut_ptr(),
+            n,
+            stride,
+            cols,
+            _out: std::marker::PhantomData,
+        }
+    }
+
+    /// Rows of the matrix (tokens).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The columns this view holds.
+    pub fn cols(&self) -> Range<usize> {
+        self.cols.clone()
+    }
+
+    /// Elements from one row to the next.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// Row `t`'s part: `cols.len()` values.
+    ///
+    /// # Panics
+    /// When `t ≥ n`.
+    pub fn row_mut(&mut self, t: usize) -> &mut [f32] {
+        assert!(t < self.n, "Columns: row {t} of {}", self.n);
+        // SAFETY: (t, cols) lies inside the (n, stride) matrix the view was
+        // made from (t < n, cols.end ≤ stride), no other task's view holds
+        // these columns, and `&mut self` keeps this slice unique.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.base.add(t * self.stride + self.cols.start),
+                self.cols.len(),
+            )
+        }
+    }
+
+    /// A pointer to element `(t, cols.start + c)` for writing a block of
+    /// `rows × width` that [`Columns::holds`] has approved, with row
+    /// pitch [`Columns::stride`].
+    ///
+    /// # Panics
+    /// Unless the block lies inside the view.
+    pub fn block_ptr(&mut self, t: usize, c: usize, rows: usize, width: usize) -> *mut f32 {
+        assert!(
+            self.holds(t, c, rows, width),
+            "Columns: block outside the view"
+        );
+        // SAFETY: in bounds, checked just above.
+        unsafe { self.base.add(t * self.stride + self.cols.start + c) }
+    }
+
+    /// Whether rows `t..t + rows` × view columns `c..c + width` lie inside.
+    pub fn holds(&self, t: usize, c: usize, rows: usize, width: usize) -> bool {
+        t + rows <= self.n && c + width <= self.cols.len()
     }
 }
 

@@ -37,7 +37,7 @@
 //! Not used: `smmla` (i8mm), which would roughly double the int8 product
 //! rate for n > 1 on cores that have it (Neoverse V1/N2, Apple M2+).
 
-use crate::quant::{Planes, Q8Activations, Q8Row, WeightsRef, QK};
+use crate::quant::{F32Activations, Planes, Q8Activations, Q8Row, WeightsRef, QK};
 use half::f16;
 use std::arch::aarch64::*;
 use std::arch::asm;
@@ -395,11 +395,10 @@ unsafe fn int8_tile<const K: u8, const R: usize, const T: usize>(
 pub(crate) fn matmul_f32(
     w: &WeightsRef<'_>,
     rows: Range<usize>,
-    x: &[f32],
-    n: usize,
+    xa: &F32Activations<'_>,
     out: &mut [f32],
 ) {
-    let cols = w.cols();
+    let (cols, x, n) = (w.cols(), xa.data(), xa.n());
     assert!(
         rows.start <= rows.end && rows.end <= w.rows(),
         "matmul: rows"
@@ -413,7 +412,7 @@ pub(crate) fn matmul_f32(
         Planes::F32(_) | Planes::F16(_) => dense_rows(w, rows, x, n, out),
         // The 2:4 sparse types: row by row through their own kernels.
         Planes::Q4S24 { .. } | Planes::Q8S24 { .. } => {
-            (crate::dispatch::SCALAR.matmul_f32)(w, rows, x, n, out)
+            (crate::dispatch::SCALAR.matmul_f32)(w, rows, xa, out)
         }
         _ => {
             let (kind, quants, scales, mins) = quant_planes(w).expect("quantized planes");

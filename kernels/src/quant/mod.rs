@@ -671,11 +671,44 @@ impl<'a> WeightsRef<'a> {
     /// [`WeightsRef::matmul`] on a given tier and pool.
     pub fn matmul_with(&self, k: &Kernels, pool: &Pool, out: &mut [f32], x: &[f32], n: usize) {
         assert_eq!(x.len(), n * self.cols, "matmul: x is not (n, cols)");
+        self.matmul_act_with(k, pool, out, &F32Activations::new(x, n, self.cols))
+    }
+
+    /// [`WeightsRef::matmul`] on activations that several matrices share
+    /// (the query, key and value projections), so that a kernel's
+    /// arrangement of them is made once.
+    pub fn matmul_act(&self, out: &mut [f32], x: &F32Activations<'_>) {
+        self.matmul_act_with(crate::dispatch::kernels(), crate::pool::global(), out, x)
+    }
+
+    /// [`WeightsRef::matmul_act`] on a given tier and pool.
+    pub fn matmul_act_with(
+        &self,
+        k: &Kernels,
+        pool: &Pool,
+        out: &mut [f32],
+        x: &F32Activations<'_>,
+    ) {
+        assert_eq!(x.cols(), self.cols, "matmul: x is not (n, cols)");
+        let n = x.n();
         assert_eq!(out.len(), n * self.rows, "matmul: out is not (n, rows)");
-        let f = k.matmul_f32;
-        par_row_blocks(pool, out, n, self.rows, self.cols, &|rows, o| {
-            f(self, rows, x, n, o)
-        });
+        match k.matmul_f32_cols {
+            Some(c) if n >= c.min_tokens && self.cols.is_multiple_of(QK) && self.rows > 0 => {
+                // Two column blocks per thread: each task reads all of x,
+                // so fewer, larger tasks.
+                let per = self
+                    .rows
+                    .div_ceil(2 * pool.threads().max(1))
+                    .next_multiple_of(16);
+                pool.for_column_blocks(out, n, self.rows, per, &|_, o| (c.f)(self, x, o));
+            }
+            _ => {
+                let f = k.matmul_f32;
+                par_row_blocks(pool, out, n, self.rows, self.cols, &|rows, o| {
+                    f(self, rows, x, o)
+                });
+            }
+        }
     }
 
     /// `out (n, rows) = x · Wᵀ` with `x` quantized to int8 per block
@@ -1056,6 +1089,59 @@ pub struct Q8Activations {
     layouts: LayoutCache,
 }
 
+/// f32 activations `x (n, cols)`, row-major by token, as the f32 matrix
+/// kernels take them: a borrowed view plus the kernels' own arrangements of
+/// it (see [`Q8Activations::layout`]), so that a kernel that repacks its
+/// input (the AMX tier's bf16 tiles) does it once per input, not once per
+/// pool task or per matrix.
+#[derive(Debug)]
+pub struct F32Activations<'a> {
+    x: &'a [f32],
+    n: usize,
+    cols: usize,
+    layouts: LayoutCache,
+}
+
+impl<'a> F32Activations<'a> {
+    /// A view of `x (n, cols)`.
+    ///
+    /// # Panics
+    /// When `x` is not `n × cols`.
+    pub fn new(x: &'a [f32], n: usize, cols: usize) -> F32Activations<'a> {
+        assert_eq!(
+            Some(x.len()),
+            n.checked_mul(cols),
+            "activations: x is not (n, cols)"
+        );
+        F32Activations {
+            x,
+            n,
+            cols,
+            layouts: LayoutCache::default(),
+        }
+    }
+
+    /// The values, `(n, cols)` row-major.
+    pub fn data(&self) -> &'a [f32] {
+        self.x
+    }
+
+    /// Tokens.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Values per token.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// As [`Q8Activations::layout`].
+    pub fn layout<T: Any + Send + Sync>(&self, slot: usize, build: impl FnOnce() -> T) -> &T {
+        self.layouts.get(slot, build)
+    }
+}
+
 /// Kernels' own arrangements of one set of activations, built once (by the
 /// first pool task that needs it) and shared by every task and every matrix
 /// that takes these activations. Not part of the value: equal always.
@@ -1064,6 +1150,14 @@ struct LayoutCache([OnceLock<Arc<dyn Any + Send + Sync>>; LayoutCache::SLOTS]);
 
 impl LayoutCache {
     const SLOTS: usize = 4;
+
+    /// The arrangement in `slot`, built by `build` on first use.
+    fn get<T: Any + Send + Sync>(&self, slot: usize, build: impl FnOnce() -> T) -> &T {
+        self.0[slot]
+            .get_or_init(|| Arc::new(build()))
+            .downcast_ref::<T>()
+            .expect("layout: the slot holds another type")
+    }
 }
 
 impl fmt::Debug for LayoutCache {
@@ -1127,10 +1221,7 @@ impl Q8Activations {
     /// # Panics
     /// When `slot` is out of range or already holds another type.
     pub fn layout<T: Any + Send + Sync>(&self, slot: usize, build: impl FnOnce() -> T) -> &T {
-        self.layouts.0[slot]
-            .get_or_init(|| Arc::new(build()))
-            .downcast_ref::<T>()
-            .expect("Q8Activations::layout: the slot holds another type")
+        self.layouts.get(slot, build)
     }
 
     /// Tokens.

@@ -27,7 +27,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::dispatch::SCALAR;
-use crate::quant::{BlockQ8, Planes, Q8Activations, WeightsRef, QK};
+use crate::quant::{BlockQ8, F32Activations, Planes, Q8Activations, WeightsRef, QK};
 use std::arch::x86_64::*;
 use std::ops::Range;
 
@@ -1141,12 +1141,11 @@ pub(crate) fn matmul_q4m_q8(
 pub(crate) fn matmul_f32_entry(
     w: &WeightsRef<'_>,
     rows: Range<usize>,
-    x: &[f32],
-    n: usize,
+    x: &F32Activations<'_>,
     out: &mut [f32],
 ) {
     // SAFETY: the AVX2 table is only handed out when AVX2/FMA/F16C were detected.
-    unsafe { f32_imp(w, rows, x, n, out) }
+    unsafe { f32_imp(w, rows, x.data(), x.n(), out) }
 }
 
 /// `Σ a·b`.

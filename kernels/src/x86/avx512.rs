@@ -9,7 +9,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::avx2;
-use crate::quant::{BlockQ8, Planes, Q8Activations, WeightsRef};
+use crate::quant::{BlockQ8, F32Activations, Planes, Q8Activations, WeightsRef};
 use std::arch::x86_64::*;
 use std::ops::Range;
 
@@ -56,10 +56,10 @@ int8_entry!(matmul_q4m_q8, Wt::Q4m, "q4m weights × int8 activations.");
 pub(crate) fn matmul_f32_entry(
     w: &WeightsRef<'_>,
     rows: Range<usize>,
-    x: &[f32],
-    n: usize,
+    x: &F32Activations<'_>,
     out: &mut [f32],
 ) {
+    let (x, n) = (x.data(), x.n());
     match w.planes() {
         // SAFETY: only reachable through `crate::x86::AVX512`, handed out
         // after avx512_available(); the kernel checks lengths.

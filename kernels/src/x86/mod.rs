@@ -4,6 +4,7 @@
 
 use crate::dispatch::{Isa, Kernels};
 
+pub mod amx;
 pub mod avx2;
 // The AVX-512 intrinsics are stable since Rust 1.89, the workspace's
 // minimum.
@@ -34,6 +35,7 @@ pub static AVX2: Kernels = Kernels {
     matmul_q4_q8: avx2::matmul_q4_q8,
     matmul_q4m_q8: avx2::matmul_q4m_q8,
     matmul_f32: avx2::matmul_f32_entry,
+    matmul_f32_cols: None,
     dot: avx2::dot,
     axpy: avx2::axpy,
 };
@@ -46,6 +48,19 @@ pub static AVX512: Kernels = Kernels {
     matmul_q4_q8: avx512::matmul_q4_q8,
     matmul_q4m_q8: avx512::matmul_q4m_q8,
     matmul_f32: avx512::matmul_f32_entry,
+    matmul_f32_cols: None,
     dot: avx512::dot,
     axpy: avx512::axpy,
+};
+
+/// The AMX tier: the AVX-512 tier with prompts (f32 activations, from
+/// [`amx::MIN_TOKENS`] tokens) on the tile unit.
+pub static AMX: Kernels = Kernels {
+    isa: Isa::Amx,
+    matmul_f32: amx::matmul_f32_entry,
+    matmul_f32_cols: Some(crate::dispatch::ColsKernel {
+        min_tokens: amx::MIN_TOKENS,
+        f: amx::matmul_f32_cols,
+    }),
+    ..AVX512
 };
