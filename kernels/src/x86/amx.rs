@@ -119,7 +119,7 @@ impl Tiles {
 }
 
 thread_local! {
-    /// A task's weight tiles and one dequantized row, kept between tasks
+    /// A task's weight tiles and 16 dequantized rows, kept between tasks
     /// so that a prompt does not allocate (and fault in) them per task.
     static SCRATCH: RefCell<(Tiles, Vec<f32>)> =
         const { RefCell::new((Tiles { lines: Vec::new(), steps: 0 }, Vec::new())) };
@@ -259,7 +259,7 @@ unsafe fn pack_activations(x: &F32Activations<'_>) -> Tiles {
 }
 
 /// Weight rows `rows` as pair-layout tiles into `tiles` (16-row tiles,
-/// padded with zero rows), through one dequantized row in `row`.
+/// padded with zero rows), through 16 dequantized rows in `row`.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
 unsafe fn pack_weights(
     w: &WeightsRef<'_>,
@@ -273,38 +273,34 @@ unsafe fn pack_weights(
     tiles.steps = steps;
     tiles.lines.clear();
     tiles.lines.resize(wtiles * steps * 2 * TILE, Line([0; 16]));
-    row.resize(cols, 0.0);
-    // Sixteen rows' splits of one step, transposed into pair rows.
-    let mut hi = vec![[_mm512_setzero_si512(); 16]; steps];
-    let mut lo = vec![[_mm512_setzero_si512(); 16]; steps];
+    // The tile's 16 rows dequantized (zero rows past the end), then one
+    // step at a time: split, transpose into pair rows, store.
+    row.resize(TILE * cols, 0.0);
     for wt in 0..wtiles {
         let r0 = rows.start + wt * TILE;
         let valid = (rows.end - r0).min(TILE);
-        for ri in 0..TILE {
+        for (ri, dst) in row.chunks_exact_mut(cols).enumerate() {
             if ri < valid {
-                avx2::dequant_row(w, r0 + ri, row);
-            }
-            for s in 0..steps {
-                (hi[s][ri], lo[s][ri]) = if ri < valid {
-                    let p = row[s * STEP..][..STEP].as_ptr();
-                    split32(_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
-                } else {
-                    (_mm512_setzero_si512(), _mm512_setzero_si512())
-                };
+                avx2::dequant_row(w, r0 + ri, dst);
+            } else {
+                dst.fill(0.0);
             }
         }
         for s in 0..steps {
-            transpose16(&mut hi[s]);
-            transpose16(&mut lo[s]);
+            let mut hi = [_mm512_setzero_si512(); TILE];
+            let mut lo = [_mm512_setzero_si512(); TILE];
+            for ri in 0..TILE {
+                let p = row[ri * cols + s * STEP..][..STEP].as_ptr();
+                (hi[ri], lo[ri]) = split32(_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+            }
+            transpose16(&mut hi);
+            transpose16(&mut lo);
             let base = (wt * steps + s) * 2 * TILE;
             for p in 0..TILE {
-                _mm512_store_si512(
-                    tiles.lines[base + p].0.as_mut_ptr() as *mut __m512i,
-                    hi[s][p],
-                );
+                _mm512_store_si512(tiles.lines[base + p].0.as_mut_ptr() as *mut __m512i, hi[p]);
                 _mm512_store_si512(
                     tiles.lines[base + TILE + p].0.as_mut_ptr() as *mut __m512i,
-                    lo[s][p],
+                    lo[p],
                 );
             }
         }
@@ -327,64 +323,33 @@ const CONFIG: TileConfig = {
     TileConfig(c)
 };
 
-/// tmm0 (and tmm1 when `a1` is given) = the product of the activation
-/// tile at `a0` (and `a1`) with the weight tile at `b`, over `steps` steps
-/// of 32 columns: three bf16 products per step (hi·hi, lo·hi, hi·lo).
+/// tmm0 = the product of the activation tile at `a` with the weight tile
+/// at `b`, over `steps` steps of 32 columns: three bf16 products per step
+/// (hi·hi, lo·hi, hi·lo). For the edges [`tile_products_2x2`] leaves.
 ///
-/// Tiles: tmm2/tmm3 weight hi/lo, tmm4/tmm5 and tmm6/tmm7 activation hi/lo.
+/// Tiles: tmm2/tmm3 weight hi/lo, tmm4/tmm5 activation hi/lo.
 #[inline(always)]
-unsafe fn tile_products(a0: *const Line, a1: Option<*const Line>, b: *const Line, steps: usize) {
-    const STRIDE: usize = 64;
-    match a1 {
-        Some(a1) => asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "2:",
-            "tileloadd tmm2, [{b} + {s} * 1]",
-            "tileloadd tmm3, [{b} + {s} * 1 + 1024]",
-            "tileloadd tmm4, [{a0} + {s} * 1]",
-            "tileloadd tmm5, [{a0} + {s} * 1 + 1024]",
-            "tdpbf16ps tmm0, tmm4, tmm2",
-            "tdpbf16ps tmm0, tmm5, tmm2",
-            "tdpbf16ps tmm0, tmm4, tmm3",
-            "tileloadd tmm6, [{a1} + {s} * 1]",
-            "tileloadd tmm7, [{a1} + {s} * 1 + 1024]",
-            "tdpbf16ps tmm1, tmm6, tmm2",
-            "tdpbf16ps tmm1, tmm7, tmm2",
-            "tdpbf16ps tmm1, tmm6, tmm3",
-            "add {b}, 2048",
-            "add {a0}, 2048",
-            "add {a1}, 2048",
-            "dec {n}",
-            "jnz 2b",
-            b = inout(reg) b => _,
-            a0 = inout(reg) a0 => _,
-            a1 = inout(reg) a1 => _,
-            s = in(reg) STRIDE,
-            n = inout(reg) steps => _,
-            options(nostack, readonly),
-        ),
-        None => asm!(
-            "tilezero tmm0",
-            "2:",
-            "tileloadd tmm2, [{b} + {s} * 1]",
-            "tileloadd tmm3, [{b} + {s} * 1 + 1024]",
-            "tileloadd tmm4, [{a0} + {s} * 1]",
-            "tileloadd tmm5, [{a0} + {s} * 1 + 1024]",
-            "tdpbf16ps tmm0, tmm4, tmm2",
-            "tdpbf16ps tmm0, tmm5, tmm2",
-            "tdpbf16ps tmm0, tmm4, tmm3",
-            "add {b}, 2048",
-            "add {a0}, 2048",
-            "dec {n}",
-            "jnz 2b",
-            b = inout(reg) b => _,
-            a0 = inout(reg) a0 => _,
-            s = in(reg) STRIDE,
-            n = inout(reg) steps => _,
-            options(nostack, readonly),
-        ),
-    }
+unsafe fn tile_products(a: *const Line, b: *const Line, steps: usize) {
+    asm!(
+        "tilezero tmm0",
+        "2:",
+        "tileloadd tmm2, [{b} + {s} * 1]",
+        "tileloadd tmm3, [{b} + {s} * 1 + 1024]",
+        "tileloadd tmm4, [{a} + {s} * 1]",
+        "tileloadd tmm5, [{a} + {s} * 1 + 1024]",
+        "tdpbf16ps tmm0, tmm4, tmm2",
+        "tdpbf16ps tmm0, tmm5, tmm2",
+        "tdpbf16ps tmm0, tmm4, tmm3",
+        "add {b}, 2048",
+        "add {a}, 2048",
+        "dec {n}",
+        "jnz 2b",
+        b = inout(reg) b => _,
+        a = inout(reg) a => _,
+        s = in(reg) 64usize,
+        n = inout(reg) steps => _,
+        options(nostack, readonly),
+    )
 }
 
 /// tmm0..tmm3 = activation tiles `a0`, `a1` × weight tiles `b0`, `b1`
@@ -511,43 +476,27 @@ unsafe fn matmul(
         asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
         for tb in (0..ttiles).step_by(TOKEN_TILES_PER_BLOCK) {
             let tend = (tb + TOKEN_TILES_PER_BLOCK).min(ttiles);
-            let mut wt = 0;
-            while wt < wtiles {
-                let b = wtiles_buf.tile(wt);
+            // 2 × 2 blocks of (token tile, weight tile), single tiles at
+            // the edges (an odd last token tile or weight tile).
+            for wt in (0..wtiles).step_by(2) {
                 let mut tt = tb;
                 if wt + 1 < wtiles {
-                    // Two weight tiles at once, token tiles in pairs.
-                    let b1 = wtiles_buf.tile(wt + 1);
+                    let (b0, b1) = (wtiles_buf.tile(wt), wtiles_buf.tile(wt + 1));
                     while tt + 1 < tend {
-                        tile_products_2x2(acts.tile(tt), acts.tile(tt + 1), b, b1, steps);
+                        tile_products_2x2(acts.tile(tt), acts.tile(tt + 1), b0, b1, steps);
                         store_tile::<0>(&mut out, tt * TILE, wt * TILE);
                         store_tile::<1>(&mut out, (tt + 1) * TILE, wt * TILE);
                         store_tile::<2>(&mut out, tt * TILE, (wt + 1) * TILE);
                         store_tile::<3>(&mut out, (tt + 1) * TILE, (wt + 1) * TILE);
                         tt += 2;
                     }
-                    if tt < tend {
-                        for w2 in [wt, wt + 1] {
-                            tile_products(acts.tile(tt), None, wtiles_buf.tile(w2), steps);
-                            store_tile::<0>(&mut out, tt * TILE, w2 * TILE);
-                        }
-                    }
-                    wt += 2;
-                    continue;
                 }
-                while tt < tend {
-                    if tt + 1 < tend {
-                        tile_products(acts.tile(tt), Some(acts.tile(tt + 1)), b, steps);
-                        store_tile::<0>(&mut out, tt * TILE, wt * TILE);
-                        store_tile::<1>(&mut out, (tt + 1) * TILE, wt * TILE);
-                        tt += 2;
-                    } else {
-                        tile_products(acts.tile(tt), None, b, steps);
-                        store_tile::<0>(&mut out, tt * TILE, wt * TILE);
-                        tt += 1;
+                for t1 in tt..tend {
+                    for w1 in wt..(wt + 2).min(wtiles) {
+                        tile_products(acts.tile(t1), wtiles_buf.tile(w1), steps);
+                        store_tile::<0>(&mut out, t1 * TILE, w1 * TILE);
                     }
                 }
-                wt += 1;
             }
         }
         // Back to the initial state, so that context switches stop saving
