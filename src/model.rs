@@ -609,7 +609,7 @@ impl Model {
             let xin = Input::new(&xin_f, int8_form(&mut xq, int8, kern, &xb, n, dim));
             linear(l, lw, Proj::Gate, &mut gate, xin, n, hook);
             linear(l, lw, Proj::Up, &mut up, xin, n, hook);
-            k::silu_mul(&mut gate, &up);
+            (kern.silu_mul)(&mut gate, &up);
             let gin_f = F32Activations::new(&gate, n, hidden);
             let gin = Input::new(&gin_f, int8_form(&mut xq, int8, kern, &gate, n, hidden));
             linear(l, lw, Proj::Down, &mut proj, gin, n, hook);
@@ -737,7 +737,7 @@ fn attention(
         let mut scores: Vec<f32> = (0..n_ctx)
             .map(|p| (kern.dot)(qh, &k_cache[span(p)]) * scale)
             .collect();
-        k::softmax(&mut scores);
+        (kern.softmax)(&mut scores);
         o.fill(0.0);
         for (p, &a) in scores.iter().enumerate() {
             (kern.axpy)(o, a, &v_cache[span(p)]);
@@ -810,7 +810,7 @@ fn prompt_attention(
             for (v, &sc) in live.iter_mut().zip(&scores[i * n_ctx..]) {
                 *v = sc * scale;
             }
-            k::softmax(live);
+            (kern.softmax)(live);
             masked.fill(0.0);
         });
         let v_mat = WeightsRef::new(hd, ctx, Planes::F32(&vt)).expect("V_hᵀ is (hd, ctx)");

@@ -147,6 +147,10 @@ pub struct Kernels {
     pub dot: fn(a: &[f32], b: &[f32]) -> f32,
     /// `y[i] += a · x[i]` (attention's weighted sum of values).
     pub axpy: fn(y: &mut [f32], a: f32, x: &[f32]),
+    /// [`crate::f32::softmax`], the same bits on every tier.
+    pub softmax: fn(x: &mut [f32]),
+    /// [`crate::f32::silu_mul`], the same bits on every tier.
+    pub silu_mul: fn(gate: &mut [f32], up: &[f32]),
 }
 
 impl fmt::Debug for Kernels {
@@ -166,6 +170,8 @@ pub static SCALAR: Kernels = Kernels {
     matmul_f32_cols: None,
     dot: crate::f32::dot,
     axpy: scalar_axpy,
+    softmax: crate::f32::softmax,
+    silu_mul: crate::f32::silu_mul,
 };
 
 /// Row-by-row reference: one scalar `dot_q8` per (row, token).

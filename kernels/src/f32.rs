@@ -45,30 +45,119 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     }
 }
 
+/// `e^x` in f32 arithmetic only (no libm call), so that loops over it
+/// vectorise on every tier and give the same bits on each: Cephes' `expf`
+/// (range reduction by `ln 2`, a degree-6 polynomial, within 2 ulp of the
+/// exact value; tested below), with the power of two applied in two
+/// halves so that results down to the subnormals come out right.
+/// `-inf` and anything below about -104 give 0, above 88.73 `inf`, NaN NaN.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 = LN2_HI + LN2_LO, LN2_HI with 9 significant bits so that
+    // k · LN2_HI is exact for every k this function reaches.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding 1.5 · 2^23 rounds to an integer, which the low bits then hold.
+    const MAGIC: f32 = 12_582_912.0;
+    // Comparisons, not `clamp`/`min`, so that NaN passes through.
+    let xc = if x < -104.0 {
+        -104.0
+    } else if x > 88.73 {
+        88.73
+    } else {
+        x
+    };
+    let t = xc * LOG2E + MAGIC;
+    let k = t - MAGIC;
+    let ki = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let r = (xc - k * LN2_HI) - k * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let y = p * r * r + r + 1.0;
+    // 2^k as 2^h · 2^(k - h): both halves normal for k in -150..=128.
+    let h = ki >> 1;
+    let s1 = f32::from_bits((h.wrapping_add(127) as u32).wrapping_shl(23));
+    let s2 = f32::from_bits((ki.wrapping_sub(h).wrapping_add(127) as u32).wrapping_shl(23));
+    y * s1 * s2
+}
+
+/// The largest value, `-inf` for an empty slice (NaN is skipped).
+#[inline(always)]
+fn max16(x: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for i in 0..16 {
+            m[i] = if c[i] > m[i] { c[i] } else { m[i] };
+        }
+    }
+    for &v in chunks.remainder() {
+        m[0] = if v > m[0] { v } else { m[0] };
+    }
+    m.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// The sum in 16 partial sums, added pairwise at the end.
+#[inline(always)]
+fn sum16(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for i in 0..16 {
+            acc[i] += c[i];
+        }
+    }
+    for (i, &v) in chunks.remainder().iter().enumerate() {
+        acc[i] += v;
+    }
+    let mut w = 8;
+    while w > 0 {
+        for i in 0..w {
+            acc[i] += acc[i + w];
+        }
+        w /= 2;
+    }
+    acc[0]
+}
+
 /// In-place softmax; the maximum is subtracted first so that exp never
-/// overflows. An empty slice is left as it is.
+/// overflows. An empty slice, or one of only `-inf`, is left as it is.
+/// The SIMD tiers compile this same body ([`crate::dispatch::Kernels::softmax`]).
 pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if x.is_empty() || max == f32::NEG_INFINITY {
+    softmax_body(x)
+}
+
+#[inline(always)]
+pub(crate) fn softmax_body(x: &mut [f32]) {
+    let max = max16(x);
+    if max == f32::NEG_INFINITY {
         return;
     }
-    let mut sum = 0.0f32;
     for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
+        *v = exp(*v - max);
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / sum16(x);
     for v in x.iter_mut() {
         *v *= inv;
     }
 }
 
 /// SwiGLU's gate: `gate[i] = silu(gate[i]) * up[i]`, `silu(x) = x·σ(x)`.
+/// The SIMD tiers compile this same body ([`crate::dispatch::Kernels::silu_mul`]).
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    silu_mul_body(gate, up)
+}
+
+#[inline(always)]
+pub(crate) fn silu_mul_body(gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "silu_mul: length mismatch");
     for (g, &u) in gate.iter_mut().zip(up) {
-        let s = *g / (1.0 + (-*g).exp());
-        *g = s * u;
+        *g = *g / (1.0 + exp(-*g)) * u;
     }
 }
 
@@ -169,6 +258,56 @@ mod tests {
         let mut big = [1000.0, 1000.0, f32::NEG_INFINITY];
         softmax(&mut big);
         assert_eq!(big, [0.5, 0.5, 0.0]);
+    }
+
+    /// ulps between two finite f32 of one sign.
+    fn ulps(a: f32, b: f32) -> u32 {
+        (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
+    }
+
+    #[test]
+    fn exp_within_two_ulp_over_its_whole_range() {
+        let mut x = -110.0f32;
+        let mut worst = 0;
+        while x < 90.0 {
+            let want = (x as f64).exp();
+            let got = exp(x);
+            if want < f32::MIN_POSITIVE as f64 {
+                // Subnormal results: within one step of the smallest normal.
+                assert!(
+                    (got as f64 - want).abs() <= 2.0 * f32::from_bits(1) as f64,
+                    "x={x}"
+                );
+            } else if want > f32::MAX as f64 {
+                assert_eq!(got, f32::INFINITY, "x={x}");
+            } else {
+                worst = worst.max(ulps(got, want as f32));
+            }
+            x += 0.000_731;
+        }
+        assert!(worst <= 2, "worst error {worst} ulp");
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(f32::INFINITY), f32::INFINITY);
+        assert!(exp(f32::NAN).is_nan());
+        assert_eq!(exp(-200.0), 0.0);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_on_long_rows() {
+        for n in [1, 15, 16, 17, 100, 1000] {
+            let mut x: Vec<f32> = pseudo_random(n, 9).iter().map(|v| v * 30.0).collect();
+            let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let e: Vec<f64> = x.iter().map(|&v| (v as f64 - m).exp()).collect();
+            let s: f64 = e.iter().sum();
+            softmax(&mut x);
+            for (got, want) in x.iter().zip(&e) {
+                assert!(
+                    (*got as f64 - want / s).abs() <= 1e-6 * (want / s) + 1e-12,
+                    "n={n}"
+                );
+            }
+        }
     }
 
     #[test]

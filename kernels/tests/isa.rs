@@ -273,6 +273,28 @@ proptest! {
             }
         }
     }
+
+    #[test]
+    fn softmax_and_silu_mul_are_bit_identical_on_every_tier(
+        len in 0usize..300,
+        seed in any::<u64>(),
+        scale in 0.1f32..60.0,
+        extreme in any::<bool>(),
+    ) {
+        let x: Vec<f32> = values(seed, len, extreme).iter().map(|v| v * scale).collect();
+        let up = values(seed ^ 5, len, extreme);
+        for k in tiers() {
+            let (mut a, mut b) = (x.clone(), x.clone());
+            (k.softmax)(&mut a);
+            (SCALAR.softmax)(&mut b);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&a), bits(&b), "{} softmax", k.isa);
+            let (mut a, mut b) = (x.clone(), x.clone());
+            (k.silu_mul)(&mut a, &up);
+            (SCALAR.silu_mul)(&mut b, &up);
+            prop_assert_eq!(bits(&a), bits(&b), "{} silu_mul", k.isa);
+        }
+    }
 }
 
 /// The whole matrix product through the pool on each tier, with several

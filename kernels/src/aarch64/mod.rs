@@ -28,4 +28,7 @@ pub(crate) static NEON: Kernels = Kernels {
     matmul_f32_cols: None,
     dot: neon::dot,
     axpy: neon::axpy,
+    // NEON is baseline on aarch64: the portable bodies vectorise as they are.
+    softmax: crate::f32::softmax,
+    silu_mul: crate::f32::silu_mul,
 };

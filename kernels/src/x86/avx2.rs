@@ -1097,6 +1097,8 @@ avx2_fn!(fn f32_imp(w: &WeightsRef<'_>, rows: Range<usize>, x: &[f32], n: usize,
     => matmul_f32::<4, 3>(w, rows, x, n, out));
 avx2_fn!(fn dot_imp(a: &[f32], b: &[f32]) -> f32 => dot_f32(a, b));
 avx2_fn!(fn axpy_imp(y: &mut [f32], a: f32, x: &[f32]) => axpy_f32(y, a, x));
+avx2_fn!(fn softmax_imp(x: &mut [f32]) => crate::f32::softmax_body(x));
+avx2_fn!(fn silu_mul_imp(gate: &mut [f32], up: &[f32]) => crate::f32::silu_mul_body(gate, up));
 avx2_fn!(fn quantize_imp(x: &[f32], q: &mut [BlockQ8], s: &mut [f32], sums: &mut [i32])
     => quantize_q8(x, q, s, sums));
 
@@ -1158,6 +1160,18 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     // SAFETY: the AVX2 table is only handed out when AVX2/FMA/F16C were detected.
     unsafe { axpy_imp(y, a, x) }
+}
+
+/// Softmax, bit-identical to the scalar tier.
+pub(crate) fn softmax(x: &mut [f32]) {
+    // SAFETY: only reachable through `crate::x86::AVX2`, handed out after avx2_available().
+    unsafe { softmax_imp(x) }
+}
+
+/// SiLU·mul, bit-identical to the scalar tier.
+pub(crate) fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    // SAFETY: only reachable through `crate::x86::AVX2`, handed out after avx2_available().
+    unsafe { silu_mul_imp(gate, up) }
 }
 
 /// Activations to int8 blocks, bit-identical to the scalar tier.

@@ -27,6 +27,8 @@ avx512_fn!(fn f32_imp(w: &WeightsRef<'_>, rows: Range<usize>, x: &[f32], n: usiz
     => avx2::matmul_f32::<4, 5>(w, rows, x, n, out));
 avx512_fn!(fn dot_imp(a: &[f32], b: &[f32]) -> f32 => avx2::dot_f32(a, b));
 avx512_fn!(fn axpy_imp(y: &mut [f32], a: f32, x: &[f32]) => avx2::axpy_f32(y, a, x));
+avx512_fn!(fn softmax_imp(x: &mut [f32]) => crate::f32::softmax_body(x));
+avx512_fn!(fn silu_mul_imp(gate: &mut [f32], up: &[f32]) => crate::f32::silu_mul_body(gate, up));
 avx512_fn!(fn quantize_imp(x: &[f32], q: &mut [BlockQ8], s: &mut [f32], sums: &mut [i32])
     => avx2::quantize_q8(x, q, s, sums));
 
@@ -83,6 +85,18 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     // SAFETY: only reachable through `crate::x86::AVX512`, handed out after avx512_available().
     unsafe { axpy_imp(y, a, x) }
+}
+
+/// Softmax, bit-identical to the scalar tier.
+pub(crate) fn softmax(x: &mut [f32]) {
+    // SAFETY: only reachable through `crate::x86::AVX512`, handed out after avx512_available().
+    unsafe { softmax_imp(x) }
+}
+
+/// SiLU·mul, bit-identical to the scalar tier.
+pub(crate) fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    // SAFETY: only reachable through `crate::x86::AVX512`, handed out after avx512_available().
+    unsafe { silu_mul_imp(gate, up) }
 }
 
 /// Activations to int8 blocks, bit-identical to the scalar tier.

@@ -38,6 +38,8 @@ pub static AVX2: Kernels = Kernels {
     matmul_f32_cols: None,
     dot: avx2::dot,
     axpy: avx2::axpy,
+    softmax: avx2::softmax,
+    silu_mul: avx2::silu_mul,
 };
 
 /// The AVX-512 (VNNI) tier.
@@ -51,6 +53,8 @@ pub static AVX512: Kernels = Kernels {
     matmul_f32_cols: None,
     dot: avx512::dot,
     axpy: avx512::axpy,
+    softmax: avx512::softmax,
+    silu_mul: avx512::silu_mul,
 };
 
 /// The AMX tier: the AVX-512 tier with prompts (f32 activations, from
