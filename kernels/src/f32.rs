@@ -60,14 +60,8 @@ pub fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Adding 1.5 · 2^23 rounds to an integer, which the low bits then hold.
     const MAGIC: f32 = 12_582_912.0;
-    // Comparisons, not `clamp`/`min`, so that NaN passes through.
-    let xc = if x < -104.0 {
-        -104.0
-    } else if x > 88.73 {
-        88.73
-    } else {
-        x
-    };
+    // `clamp` passes NaN through.
+    let xc = x.clamp(-104.0, 88.73);
     let t = xc * LOG2E + MAGIC;
     let k = t - MAGIC;
     let ki = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
@@ -77,7 +71,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
     // 2^k as 2^h · 2^(k - h): both halves normal for k in -150..=128.
     let h = ki >> 1;
