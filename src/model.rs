@@ -13,7 +13,7 @@ use crate::tensor::Tensor;
 use crate::tokenizer::Tokenizer;
 use microllm_kernels::dispatch::{self, Kernels};
 use microllm_kernels::f32 as k;
-use microllm_kernels::pool;
+use microllm_kernels::pool::{self, Pool};
 use microllm_kernels::quant::{F32Activations, Planes, Q8Activations, TensorType, WeightsRef};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -546,6 +546,7 @@ impl Model {
         let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
         let w = &self.weights;
         let kern = dispatch::kernels();
+        let pool = pool::global();
         // The int8 form of the current projection input, when asked for.
         let int8 = self.activations.int8_for(n);
         let mut xq = Q8Activations::quantize(&[], 0, 0);
@@ -581,19 +582,24 @@ impl Model {
 
         for (l, lw) in w.layers.iter().enumerate() {
             // Attention block: x += wo · attention(rope(wq · norm(x)), cache).
-            rmsnorm_rows(&mut xb, &x, lw.attn_norm.data(), cfg.rms_norm_eps, dim);
+            rmsnorm_rows(
+                pool,
+                &mut xb,
+                &x,
+                lw.attn_norm.data(),
+                cfg.rms_norm_eps,
+                dim,
+            );
             let xin_f = F32Activations::new(&xb, n, dim);
             let xin = Input::new(&xin_f, int8_form(&mut xq, int8, kern, &xb, n, dim));
             linear(l, lw, Proj::Q, &mut q, xin, n, hook);
             linear(l, lw, Proj::K, &mut kk, xin, n, hook);
             linear(l, lw, Proj::V, &mut vv, xin, n, hook);
-            for t in 0..n {
-                let (c, s) = (
-                    &cos[t * half..(t + 1) * half],
-                    &sin[t * half..(t + 1) * half],
-                );
-                k::rope(&mut q[t * q_dim..(t + 1) * q_dim], hd, c, s);
-                k::rope(&mut kk[t * kv_dim..(t + 1) * kv_dim], hd, c, s);
+            for (m, width) in [(&mut q, q_dim), (&mut kk, kv_dim)] {
+                par_rows(pool, m, width, &|t, row| {
+                    let (c, s) = (&cos[t * half..][..half], &sin[t * half..][..half]);
+                    k::rope(row, hd, c, s);
+                });
             }
             cache.k[l].extend_from_slice(&kk);
             cache.v[l].extend_from_slice(&vv);
@@ -601,19 +607,21 @@ impl Model {
             let ain_f = F32Activations::new(&att, n, q_dim);
             let ain = Input::new(&ain_f, int8_form(&mut xq, int8, kern, &att, n, q_dim));
             linear(l, lw, Proj::O, &mut proj, ain, n, hook);
-            k::add_inplace(&mut x, &proj);
+            add_rows(pool, &mut x, &proj, dim);
 
             // MLP block: x += w_down · (silu(w_gate · norm(x)) * (w_up · norm(x))).
-            rmsnorm_rows(&mut xb, &x, lw.ffn_norm.data(), cfg.rms_norm_eps, dim);
+            rmsnorm_rows(pool, &mut xb, &x, lw.ffn_norm.data(), cfg.rms_norm_eps, dim);
             let xin_f = F32Activations::new(&xb, n, dim);
             let xin = Input::new(&xin_f, int8_form(&mut xq, int8, kern, &xb, n, dim));
             linear(l, lw, Proj::Gate, &mut gate, xin, n, hook);
             linear(l, lw, Proj::Up, &mut up, xin, n, hook);
-            (kern.silu_mul)(&mut gate, &up);
+            par_rows(pool, &mut gate, hidden, &|t, g| {
+                (kern.silu_mul)(g, &up[t * hidden..][..hidden])
+            });
             let gin_f = F32Activations::new(&gate, n, hidden);
             let gin = Input::new(&gin_f, int8_form(&mut xq, int8, kern, &gate, n, hidden));
             linear(l, lw, Proj::Down, &mut proj, gin, n, hook);
-            k::add_inplace(&mut x, &proj);
+            add_rows(pool, &mut x, &proj, dim);
         }
         cache.len += n;
 
@@ -627,6 +635,7 @@ impl Model {
         let m = rows.len() / dim;
         let mut normed = vec![0.0f32; m * dim];
         rmsnorm_rows(
+            pool,
             &mut normed,
             rows,
             w.final_norm.data(),
@@ -700,11 +709,31 @@ impl<'a> Input<'a> {
     }
 }
 
+/// `f(t, row t)` for every `width`-wide row of `m`, the rows split evenly
+/// over the pool (a prompt's element-wise steps would otherwise leave
+/// every thread but one waiting; one row runs on the calling thread).
+fn par_rows(pool: &Pool, m: &mut [f32], width: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    let n = m.len() / width.max(1);
+    let per = n.div_ceil(pool.threads()).max(1);
+    pool.for_chunks(m, per * width, &|i, part| {
+        for (j, row) in part.chunks_exact_mut(width).enumerate() {
+            f(i * per + j, row);
+        }
+    });
+}
+
 /// RMSNorm of each `dim`-wide row of `x` into `out`.
-fn rmsnorm_rows(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32, dim: usize) {
-    for (o, r) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
-        k::rmsnorm(o, r, weight, eps);
-    }
+fn rmsnorm_rows(pool: &Pool, out: &mut [f32], x: &[f32], weight: &[f32], eps: f32, dim: usize) {
+    par_rows(pool, out, dim, &|t, o| {
+        k::rmsnorm(o, &x[t * dim..][..dim], weight, eps)
+    });
+}
+
+/// The residual connection `y += x`, rows of `dim` split over the pool.
+fn add_rows(pool: &Pool, y: &mut [f32], x: &[f32], dim: usize) {
+    par_rows(pool, y, dim, &|t, row| {
+        k::add_inplace(row, &x[t * dim..][..dim])
+    });
 }
 
 /// Causal grouped-query attention of the `n` new queries (positions

@@ -117,6 +117,9 @@ pub struct ColsKernel {
     pub min_tokens: usize,
     /// The kernel.
     pub f: MatmulF32ColsFn,
+    /// Arranges the activations for the kernel over the whole pool, once
+    /// per input, before the matrix's tasks start.
+    pub prepare: fn(x: &F32Activations<'_>, pool: &crate::pool::Pool),
 }
 
 /// Quantizes whole blocks of activations to int8 (see [`Kernels::quantize_q8`]).

@@ -700,6 +700,7 @@ impl<'a> WeightsRef<'a> {
                     .rows
                     .div_ceil(2 * pool.threads().max(1))
                     .next_multiple_of(16);
+                (c.prepare)(x, pool);
                 pool.for_column_blocks(out, n, self.rows, per, &|_, o| (c.f)(self, x, o));
             }
             _ => {

@@ -31,7 +31,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::avx2;
-use crate::pool::Columns;
+use crate::pool::{Columns, Pool};
 use crate::quant::{F32Activations, WeightsRef};
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -240,22 +240,50 @@ unsafe fn transpose16(r: &mut [__m512i; 16]) {
 
 /// The activation tiles of `x`: per token tile and step, the 16 tokens'
 /// 32 values split into hi and lo (rows of zeros past the last token).
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-unsafe fn pack_activations(x: &F32Activations<'_>) -> Tiles {
+/// Token tiles are split over `pool`: one matrix's input is packed once,
+/// before its tasks start, so one thread packing while the others wait
+/// would cost a whole pass over the input.
+fn pack_activations(x: &F32Activations<'_>, pool: &Pool) -> Tiles {
     let (n, cols) = (x.n(), x.cols());
     let steps = cols / STEP;
-    let mut lines = vec![Line([0; 16]); n.div_ceil(TILE) * steps * 2 * TILE];
-    for (t, row) in x.data().chunks_exact(cols).enumerate() {
-        let (tt, ti) = (t / TILE, t % TILE);
+    let per_tile = steps * 2 * TILE;
+    let ttiles = n.div_ceil(TILE);
+    let mut lines = vec![Line([0; 16]); ttiles * per_tile];
+    let tiles_per_task = ttiles.div_ceil(pool.threads().max(1));
+    pool.for_chunks(&mut lines, tiles_per_task * per_tile, &|i, part| {
+        // SAFETY: only reached from the AMX table's entries, handed out
+        // after `available()` (AVX-512 present); `part` holds whole tiles
+        // from tile `i · tiles_per_task` on.
+        unsafe { pack_token_tiles(x, i * tiles_per_task, part) }
+    });
+    Tiles { lines, steps }
+}
+
+/// Token tiles `first..` of `x` into `part` (whole tiles, zeroed).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+unsafe fn pack_token_tiles(x: &F32Activations<'_>, first: usize, part: &mut [Line]) {
+    let cols = x.cols();
+    let steps = cols / STEP;
+    let per_tile = steps * 2 * TILE;
+    let t0 = first * TILE;
+    let t1 = (t0 + part.len() / per_tile * TILE).min(x.n());
+    for t in t0..t1 {
+        let row = &x.data()[t * cols..][..cols];
+        let (tt, ti) = ((t - t0) / TILE, t % TILE);
         for s in 0..steps {
             let p = row[s * STEP..][..STEP].as_ptr();
             let (hi, lo) = split32(_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
             let base = (tt * steps + s) * 2 * TILE;
-            _mm512_store_si512(lines[base + ti].0.as_mut_ptr() as *mut __m512i, hi);
-            _mm512_store_si512(lines[base + TILE + ti].0.as_mut_ptr() as *mut __m512i, lo);
+            _mm512_storeu_si512(part[base + ti].0.as_mut_ptr() as *mut __m512i, hi);
+            _mm512_storeu_si512(part[base + TILE + ti].0.as_mut_ptr() as *mut __m512i, lo);
         }
     }
-    Tiles { lines, steps }
+}
+
+/// The table's `prepare` entry: packs `x`'s tiles over `pool` before the
+/// matrix's tasks start (they find them in the layout cache).
+pub(crate) fn prepare_f32(x: &F32Activations<'_>, pool: &Pool) {
+    x.layout(SLOT, || pack_activations(x, pool));
 }
 
 /// Weight rows `rows` as pair-layout tiles into `tiles` (16-row tiles,
@@ -466,7 +494,8 @@ unsafe fn matmul(
 ) {
     let n = x.n();
     assert_eq!(rows.len(), out.cols().len(), "matmul: view and rows differ");
-    let acts = x.layout(SLOT, || pack_activations(x));
+    // Packed by `prepare_f32` unless called outside the table's entry.
+    let acts = x.layout(SLOT, || pack_activations(x, &Pool::new(1)));
     SCRATCH.with(|s| {
         let (wtiles_buf, row) = &mut *s.borrow_mut();
         pack_weights(w, rows.clone(), wtiles_buf, row);

@@ -65,6 +65,7 @@ pub static AMX: Kernels = Kernels {
     matmul_f32_cols: Some(crate::dispatch::ColsKernel {
         min_tokens: amx::MIN_TOKENS,
         f: amx::matmul_f32_cols,
+        prepare: amx::prepare_f32,
     }),
     ..AVX512
 };
