@@ -579,6 +579,7 @@ impl Model {
         let mut proj = vec![0.0f32; n * dim]; // (n, dim)
         let mut gate = vec![0.0f32; n * hidden]; // (n, hidden)
         let mut up = vec![0.0f32; n * hidden]; // (n, hidden)
+        let mut scratch = AttentionScratch::default();
 
         for (l, lw) in w.layers.iter().enumerate() {
             // Attention block: x += wo · attention(rope(wq · norm(x)), cache).
@@ -603,7 +604,16 @@ impl Model {
             }
             cache.k[l].extend_from_slice(&kk);
             cache.v[l].extend_from_slice(&vv);
-            attention(&mut att, &q, &cache.k[l], &cache.v[l], pos0, cfg, kern);
+            attention(
+                &mut att,
+                &q,
+                &cache.k[l],
+                &cache.v[l],
+                pos0,
+                cfg,
+                kern,
+                &mut scratch,
+            );
             let ain_f = F32Activations::new(&att, n, q_dim);
             let ain = Input::new(&ain_f, int8_form(&mut xq, int8, kern, &att, n, q_dim));
             linear(l, lw, Proj::O, &mut proj, ain, n, hook);
@@ -748,11 +758,12 @@ fn attention(
     pos0: usize,
     cfg: &ModelConfig,
     kern: &Kernels,
+    scratch: &mut AttentionScratch,
 ) {
     let (hd, q_dim, kv_dim) = (cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
     let n = q.len() / q_dim;
     if n >= PROMPT_ATTENTION_MIN_TOKENS {
-        return prompt_attention(out, q, k_cache, v_cache, pos0, cfg, kern);
+        return prompt_attention(out, q, k_cache, v_cache, pos0, cfg, kern, scratch);
     }
     let group = cfg.n_heads / cfg.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -790,6 +801,7 @@ const PROMPT_ATTENTION_MIN_TOKENS: usize = 8;
 ///
 /// The masked upper triangle is computed and thrown away: it costs less
 /// than splitting the products along the diagonal.
+#[allow(clippy::too_many_arguments)]
 fn prompt_attention(
     out: &mut [f32],
     q: &[f32],
@@ -798,6 +810,7 @@ fn prompt_attention(
     pos0: usize,
     cfg: &ModelConfig,
     kern: &Kernels,
+    scratch: &mut AttentionScratch,
 ) {
     let (hd, q_dim, kv_dim) = (cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
     let group = cfg.n_heads / cfg.n_kv_heads;
@@ -807,14 +820,23 @@ fn prompt_attention(
     let ctx = n_ctx.next_multiple_of(microllm_kernels::quant::QK);
     let pool = pool::global();
     let rows = group * n;
-    // Scratch: K_h (n_ctx, hd), V_hᵀ (hd, ctx), Q_g (rows, hd),
-    // scores (rows, n_ctx), P (rows, ctx), O (rows, hd).
-    let mut kh = vec![0.0f32; n_ctx * hd];
-    let mut vt = vec![0.0f32; hd * ctx];
-    let mut qg = vec![0.0f32; rows * hd];
-    let mut scores = vec![0.0f32; rows * n_ctx];
-    let mut p = vec![0.0f32; rows * ctx];
-    let mut o = vec![0.0f32; rows * hd];
+    let AttentionScratch {
+        kh,
+        vt,
+        qg,
+        scores,
+        p,
+        o,
+    } = scratch;
+    // Every element that is read is written below, each layer, except
+    // V_hᵀ's padding columns, which stay 0 (the sizes are the same for
+    // every layer of one forward pass).
+    kh.resize(n_ctx * hd, 0.0);
+    vt.resize(hd * ctx, 0.0);
+    qg.resize(rows * hd, 0.0);
+    scores.resize(rows * n_ctx, 0.0);
+    p.resize(rows * ctx, 0.0);
+    o.resize(rows * hd, 0.0);
     for kvh in 0..cfg.n_kv_heads {
         for (pos, row) in kh.chunks_exact_mut(hd).enumerate() {
             row.copy_from_slice(&k_cache[pos * kv_dim + kvh * hd..][..hd]);
@@ -831,9 +853,9 @@ fn prompt_attention(
             }
         }
         let k_mat = WeightsRef::new(n_ctx, hd, Planes::F32(&kh)).expect("K_h is (n_ctx, hd)");
-        k_mat.matmul_with(kern, pool, &mut scores, &qg, rows);
+        k_mat.matmul_with(kern, pool, scores, qg, rows);
         // Row (g, t) sees positions 0..=pos0 + t; the rest of P stays 0.
-        pool.for_chunks(&mut p, ctx, &|i, prow| {
+        pool.for_chunks(p, ctx, &|i, prow| {
             let len = pos0 + i % n + 1;
             let (live, masked) = prow.split_at_mut(len);
             for (v, &sc) in live.iter_mut().zip(&scores[i * n_ctx..]) {
@@ -843,7 +865,7 @@ fn prompt_attention(
             masked.fill(0.0);
         });
         let v_mat = WeightsRef::new(hd, ctx, Planes::F32(&vt)).expect("V_hᵀ is (hd, ctx)");
-        v_mat.matmul_with(kern, pool, &mut o, &p, rows);
+        v_mat.matmul_with(kern, pool, o, p, rows);
         for g in 0..group {
             let h = kvh * group + g;
             for t in 0..n {
@@ -851,6 +873,19 @@ fn prompt_attention(
             }
         }
     }
+}
+
+/// Scratch of [`prompt_attention`], made once per forward pass: K_h
+/// (n_ctx, hd), V_hᵀ (hd, ctx), Q_g (rows, hd), scores (rows, n_ctx),
+/// P (rows, ctx), O (rows, hd).
+#[derive(Default)]
+struct AttentionScratch {
+    kh: Vec<f32>,
+    vt: Vec<f32>,
+    qg: Vec<f32>,
+    scores: Vec<f32>,
+    p: Vec<f32>,
+    o: Vec<f32>,
 }
 
 /// RoPE frequencies `1 / theta^(2i / head_dim)`, adjusted for scaling.

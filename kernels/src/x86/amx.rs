@@ -37,7 +37,7 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::ops::Range;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// From this many tokens the tile kernel pays for arranging the weights;
 /// below it the AVX-512 kernels run.
@@ -95,7 +95,7 @@ fn os_grants_tiles() -> bool {
 }
 
 /// One 64-byte tile row, aligned to a cache line.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 #[repr(C, align(64))]
 struct Line([u32; 16]);
 
@@ -109,6 +109,35 @@ const TILE: usize = 16;
 struct Tiles {
     lines: Vec<Line>,
     steps: usize,
+}
+
+/// Activation tile buffers given back by dropped [`Tiles`]: a prompt
+/// packs several inputs per layer, and a fresh buffer each time would be
+/// zeroed and faulted in again by one thread.
+static FREE_LINES: Mutex<Vec<Vec<Line>>> = Mutex::new(Vec::new());
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        let lines = std::mem::take(&mut self.lines);
+        if lines.capacity() > 0 {
+            let mut free = FREE_LINES.lock().unwrap_or_else(|e| e.into_inner());
+            if free.len() < 4 {
+                free.push(lines);
+            }
+        }
+    }
+}
+
+/// `len` lines of a buffer given back earlier (the largest), else a new
+/// one; the caller overwrites every line.
+fn recycled_lines(len: usize) -> Vec<Line> {
+    let mut lines = {
+        let mut free = FREE_LINES.lock().unwrap_or_else(|e| e.into_inner());
+        let best = (0..free.len()).max_by_key(|&i| free[i].capacity());
+        best.map(|i| free.swap_remove(i)).unwrap_or_default()
+    };
+    lines.resize(len, Line::default());
+    lines
 }
 
 impl Tiles {
@@ -248,7 +277,7 @@ fn pack_activations(x: &F32Activations<'_>, pool: &Pool) -> Tiles {
     let steps = cols / STEP;
     let per_tile = steps * 2 * TILE;
     let ttiles = n.div_ceil(TILE);
-    let mut lines = vec![Line([0; 16]); ttiles * per_tile];
+    let mut lines = recycled_lines(ttiles * per_tile);
     let tiles_per_task = ttiles.div_ceil(pool.threads().max(1));
     pool.for_chunks(&mut lines, tiles_per_task * per_tile, &|i, part| {
         // SAFETY: only reached from the AMX table's entries, handed out
@@ -259,20 +288,24 @@ fn pack_activations(x: &F32Activations<'_>, pool: &Pool) -> Tiles {
     Tiles { lines, steps }
 }
 
-/// Token tiles `first..` of `x` into `part` (whole tiles, zeroed).
+/// Token tiles `first..` of `x` into `part` (whole tiles; every line is
+/// written, zeros past the last token).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
 unsafe fn pack_token_tiles(x: &F32Activations<'_>, first: usize, part: &mut [Line]) {
     let cols = x.cols();
     let steps = cols / STEP;
     let per_tile = steps * 2 * TILE;
     let t0 = first * TILE;
-    let t1 = (t0 + part.len() / per_tile * TILE).min(x.n());
-    for t in t0..t1 {
-        let row = &x.data()[t * cols..][..cols];
-        let (tt, ti) = ((t - t0) / TILE, t % TILE);
+    for slot in 0..part.len() / per_tile * TILE {
+        let t = t0 + slot;
+        let (tt, ti) = (slot / TILE, slot % TILE);
         for s in 0..steps {
-            let p = row[s * STEP..][..STEP].as_ptr();
-            let (hi, lo) = split32(_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+            let (hi, lo) = if t < x.n() {
+                let p = x.data()[t * cols + s * STEP..][..STEP].as_ptr();
+                split32(_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
+            } else {
+                (_mm512_setzero_si512(), _mm512_setzero_si512())
+            };
             let base = (tt * steps + s) * 2 * TILE;
             _mm512_storeu_si512(part[base + ti].0.as_mut_ptr() as *mut __m512i, hi);
             _mm512_storeu_si512(part[base + TILE + ti].0.as_mut_ptr() as *mut __m512i, lo);
