@@ -750,6 +750,7 @@ fn add_rows(pool: &Pool, y: &mut [f32], x: &[f32], dim: usize) {
 /// `pos0..pos0 + n`) over every cached position up to their own.
 ///
 /// out, q: (n, q_dim); k_cache, v_cache: (pos0 + n, kv_dim).
+#[allow(clippy::too_many_arguments)]
 fn attention(
     out: &mut [f32],
     q: &[f32],
@@ -852,7 +853,7 @@ fn prompt_attention(
                 qg[(g * n + t) * hd..][..hd].copy_from_slice(&q[t * q_dim + h * hd..][..hd]);
             }
         }
-        let k_mat = WeightsRef::new(n_ctx, hd, Planes::F32(&kh)).expect("K_h is (n_ctx, hd)");
+        let k_mat = WeightsRef::new(n_ctx, hd, Planes::F32(kh)).expect("K_h is (n_ctx, hd)");
         k_mat.matmul_with(kern, pool, scores, qg, rows);
         // Row (g, t) sees positions 0..=pos0 + t; the rest of P stays 0.
         pool.for_chunks(p, ctx, &|i, prow| {
@@ -864,7 +865,7 @@ fn prompt_attention(
             (kern.softmax)(live);
             masked.fill(0.0);
         });
-        let v_mat = WeightsRef::new(hd, ctx, Planes::F32(&vt)).expect("V_hᵀ is (hd, ctx)");
+        let v_mat = WeightsRef::new(hd, ctx, Planes::F32(vt)).expect("V_hᵀ is (hd, ctx)");
         v_mat.matmul_with(kern, pool, o, p, rows);
         for g in 0..group {
             let h = kvh * group + g;
