@@ -141,6 +141,11 @@ pub struct Kernels {
     pub matmul_q4_q8: MatmulQ8Fn,
     /// q4m weights × int8 activations.
     pub matmul_q4m_q8: MatmulQ8Fn,
+    /// Arranges `x` for the int8 kernel of `w`'s type (in `x`'s layout
+    /// cache) before a matrix's tasks start, so that they do not race to
+    /// build it (the losers would sleep on a lock); nothing on tiers whose
+    /// kernels take the activations as they are.
+    pub prepare_q8: fn(w: &WeightsRef<'_>, x: &Q8Activations),
     /// Any weights × f32 activations.
     pub matmul_f32: MatmulF32Fn,
     /// Prompts (f32 activations) written in place, where the tier has
@@ -169,6 +174,7 @@ pub static SCALAR: Kernels = Kernels {
     matmul_q8_q8: scalar_matmul_q8,
     matmul_q4_q8: scalar_matmul_q8,
     matmul_q4m_q8: scalar_matmul_q8,
+    prepare_q8: no_prepare_q8,
     matmul_f32: scalar_matmul_f32,
     matmul_f32_cols: None,
     dot: crate::f32::dot,
@@ -176,6 +182,9 @@ pub static SCALAR: Kernels = Kernels {
     softmax: crate::f32::softmax,
     silu_mul: crate::f32::silu_mul,
 };
+
+/// [`Kernels::prepare_q8`] for kernels that need no arrangement.
+pub(crate) fn no_prepare_q8(_: &WeightsRef<'_>, _: &Q8Activations) {}
 
 /// Row-by-row reference: one scalar `dot_q8` per (row, token).
 fn scalar_matmul_q8(w: &WeightsRef<'_>, rows: Range<usize>, x: &Q8Activations, out: &mut [f32]) {

@@ -730,6 +730,7 @@ impl<'a> WeightsRef<'a> {
         assert_eq!(x.cols(), self.cols, "matmul_q8: x is not (n, cols)");
         let n = x.n();
         assert_eq!(out.len(), n * self.rows, "matmul_q8: out is not (n, rows)");
+        (k.prepare_q8)(self, x);
         par_row_blocks(pool, out, n, self.rows, self.cols, &|rows, o| {
             f(self, rows, x, o)
         });

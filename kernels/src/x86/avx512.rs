@@ -327,6 +327,26 @@ unsafe fn int8_512_block<const R: usize, const T: usize>(
     })
 }
 
+/// The table's [`crate::dispatch::Kernels::prepare_q8`]: `x` in the lane
+/// order of `w`'s type, built on the calling thread.
+pub(crate) fn prepare_q8(w: &WeightsRef<'_>, x: &Q8Activations) {
+    use crate::quant::TensorType as T;
+    let wt = match w.ty() {
+        T::Q8 => Wt::Q8,
+        T::Q4 => Wt::Q4,
+        T::Q4m => Wt::Q4m,
+        _ => return,
+    };
+    if x.cols() != w.cols() {
+        return; // the product asserts on it
+    }
+    x.layout(wt as usize, || {
+        // SAFETY: only reachable through `crate::x86::AVX512` (and AMX, its
+        // superset), handed out after avx512_available().
+        unsafe { prep512(x, wt) }
+    });
+}
+
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn int8_512(
     wt: Wt,
@@ -377,7 +397,8 @@ unsafe fn int8_512(
         out.fill(0.0);
         return;
     }
-    // Built once per activations and weight kind, shared by all tasks.
+    // Built once per activations and weight kind, shared by all tasks
+    // (by `prepare_q8` before they start, when called through the table).
     let p = x.layout(wt as usize, || {
         // SAFETY: this function is compiled with the same features.
         unsafe { prep512(x, wt) }
