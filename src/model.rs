@@ -593,9 +593,8 @@ impl Model {
             );
             let xin_f = F32Activations::new(&xb, n, dim);
             let xin = Input::new(&xin_f, int8_form(&mut xq, int8, kern, &xb, n, dim));
-            linear(l, lw, Proj::Q, &mut q, xin, n, hook);
-            linear(l, lw, Proj::K, &mut kk, xin, n, hook);
-            linear(l, lw, Proj::V, &mut vv, xin, n, hook);
+            let qkv = [Proj::Q, Proj::K, Proj::V];
+            linears(l, lw, &qkv, &mut [&mut q, &mut kk, &mut vv], xin, n, hook);
             for (m, width) in [(&mut q, q_dim), (&mut kk, kv_dim)] {
                 par_rows(pool, m, width, &|t, row| {
                     let (c, s) = (&cos[t * half..][..half], &sin[t * half..][..half]);
@@ -623,8 +622,8 @@ impl Model {
             rmsnorm_rows(pool, &mut xb, &x, lw.ffn_norm.data(), cfg.rms_norm_eps, dim);
             let xin_f = F32Activations::new(&xb, n, dim);
             let xin = Input::new(&xin_f, int8_form(&mut xq, int8, kern, &xb, n, dim));
-            linear(l, lw, Proj::Gate, &mut gate, xin, n, hook);
-            linear(l, lw, Proj::Up, &mut up, xin, n, hook);
+            let gate_up = [Proj::Gate, Proj::Up];
+            linears(l, lw, &gate_up, &mut [&mut gate, &mut up], xin, n, hook);
             par_rows(pool, &mut gate, hidden, &|t, g| {
                 (kern.silu_mul)(g, &up[t * hidden..][..hidden])
             });
@@ -673,6 +672,46 @@ fn linear(
     x.matmul(&lw.proj(p).weights(), out, n);
     if let Some(h) = hook {
         h.linear(layer, p, x.f32.data(), n, out);
+    }
+}
+
+/// [`linear`] for several projections of one input: for one token on
+/// int8 inputs, one pool job for all of them (the threads meet once, not
+/// once per matrix); otherwise one after another.
+fn linears(
+    layer: usize,
+    lw: &LayerWeights,
+    projs: &[Proj],
+    outs: &mut [&mut [f32]],
+    x: Input<'_>,
+    n: usize,
+    hook: Option<&dyn LinearHook>,
+) {
+    let mut fused = |a: &Q8Activations| {
+        let ws: Vec<WeightsRef<'_>> = projs.iter().map(|&p| lw.proj(p).weights()).collect();
+        if !ws
+            .iter()
+            .all(|w| w.ty().is_quantized() && !w.ty().is_sparse())
+        {
+            return false;
+        }
+        let ws: Vec<&WeightsRef<'_>> = ws.iter().collect();
+        WeightsRef::matmul_q8_many_with(dispatch::kernels(), pool::global(), &ws, outs, a);
+        true
+    };
+    match x.q8 {
+        Some(a) if n == 1 && fused(a) => {
+            if let Some(h) = hook {
+                for (&p, o) in projs.iter().zip(outs.iter_mut()) {
+                    h.linear(layer, p, x.f32.data(), n, o);
+                }
+            }
+        }
+        _ => {
+            for (&p, o) in projs.iter().zip(outs.iter_mut()) {
+                linear(layer, lw, p, o, x, n, hook);
+            }
+        }
     }
 }
 

@@ -217,6 +217,51 @@ impl Pool {
 }
 
 impl Pool {
+    /// [`Pool::for_chunks`] over several slices in one job: slice `j` is
+    /// split into chunks of `chunks[j]` elements and `f(j, i, chunk_i)`
+    /// runs once for each, spread over the pool. Several small products
+    /// that share an input (a token's query, key and value projections)
+    /// then wait for the pool once instead of once each.
+    ///
+    /// # Panics
+    /// When `outs` and `chunks` differ in length.
+    pub fn for_chunks_multi<T: Send>(
+        &self,
+        outs: &mut [&mut [T]],
+        chunks: &[usize],
+        f: &(dyn Fn(usize, usize, &mut [T]) + Sync),
+    ) {
+        assert_eq!(
+            outs.len(),
+            chunks.len(),
+            "for_chunks_multi: one chunk size per slice"
+        );
+        // Per slice: its base, length, chunk size and first task.
+        let mut parts = Vec::with_capacity(outs.len());
+        let mut tasks = 0;
+        for (o, &c) in outs.iter_mut().zip(chunks) {
+            let c = c.max(1);
+            parts.push((SendPtr(o.as_mut_ptr()), o.len(), c, tasks));
+            tasks += o.len().div_ceil(c);
+        }
+        let parts = &parts;
+        self.run(tasks, &|t| {
+            // The last slice whose first task is at or before `t`.
+            let j = parts.partition_point(|p| p.3 <= t) - 1;
+            let (base, len, c, first) = parts[j];
+            let i = t - first;
+            let start = i * c;
+            let end = (start + c).min(len);
+            // SAFETY: `start..end` lies inside slice `j` (its tasks are
+            // `first..first + len.div_ceil(c)`), the ranges of different
+            // tasks are disjoint, each task runs exactly once, and `outs`
+            // stays mutably borrowed until `run` returns.
+            let part =
+                unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
+            f(j, i, part);
+        });
+    }
+
     /// Fills `out (n, rows)` in blocks of `per` weight rows: task `i` gets
     /// rows `i·per..`, has `f(i, block)` fill a `(rows of the block, n)`
     /// buffer, and writes it into its own columns of `out`. The transpose
@@ -407,7 +452,8 @@ impl<T> Clone for SendPtr<T> {
     }
 }
 impl<T> Copy for SendPtr<T> {}
-// SAFETY: only used by `for_chunks`, which hands out disjoint ranges.
+// SAFETY: only used by `for_chunks` and `for_chunks_multi`, which hand out
+// disjoint ranges.
 unsafe impl<T: Send> Send for SendPtr<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send> Sync for SendPtr<T> {}
@@ -547,6 +593,37 @@ mod tests {
                     }
                 });
                 assert!(v.iter().enumerate().all(|(k, &x)| x == k + 1));
+            }
+        }
+    }
+
+    #[test]
+    fn multi_chunks_cover_every_slice_once() {
+        let pool = Pool::new(3);
+        for lens in [
+            vec![0usize, 5],
+            vec![7, 1, 64],
+            vec![1001],
+            vec![3, 0, 0, 9],
+        ] {
+            let mut bufs: Vec<Vec<usize>> = lens.iter().map(|&l| vec![0; l]).collect();
+            let chunks: Vec<usize> = (0..lens.len()).map(|j| j + 2).collect();
+            let mut outs: Vec<&mut [usize]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+            pool.for_chunks_multi(&mut outs, &chunks, &|j, i, part| {
+                assert!(part.len() <= chunks[j] && !part.is_empty());
+                for (k, v) in part.iter_mut().enumerate() {
+                    // Element index within slice j, plus one, tagged by j.
+                    *v += 1000 * (j + 1) + i * chunks[j] + k + 1;
+                }
+            });
+            for (j, b) in bufs.iter().enumerate() {
+                for (e, &v) in b.iter().enumerate() {
+                    assert_eq!(
+                        v,
+                        1000 * (j + 1) + e + 1,
+                        "lens {lens:?} slice {j} element {e}"
+                    );
+                }
             }
         }
     }

@@ -343,3 +343,37 @@ fn pooled_matmul_matches_scalar_for_model_shapes() {
         }
     }
 }
+
+/// Several matrices with one input in one pool job give, on every tier
+/// and thread count, the bits of one product per matrix; for one token
+/// (the fused path) and for several (one after another).
+#[test]
+fn fused_matmuls_equal_one_product_per_matrix() {
+    let pools = [Pool::new(1), Pool::new(2), Pool::new(3)];
+    let cols = 576;
+    let qs = [
+        quantized(TensorType::Q4, 576, cols, 1),
+        quantized(TensorType::Q8, 192, cols, 2),
+        quantized(TensorType::Q4m, 200, cols, 3),
+    ];
+    let ws: Vec<WeightsRef<'_>> = qs.iter().map(|q| q.as_ref()).collect();
+    let wr: Vec<&WeightsRef<'_>> = ws.iter().collect();
+    for n in [1usize, 3] {
+        let x = values(n as u64 + 7, n * cols, false);
+        let a = Q8Activations::quantize(&x, n, cols);
+        for k in Isa::available().into_iter().filter_map(Kernels::for_isa) {
+            for pool in &pools {
+                let mut bufs: Vec<Vec<f32>> =
+                    ws.iter().map(|w| vec![f32::NAN; n * w.rows()]).collect();
+                let mut outs: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+                WeightsRef::matmul_q8_many_with(k, pool, &wr, &mut outs, &a);
+                for (w, got) in ws.iter().zip(&bufs) {
+                    let mut want = vec![0.0f32; n * w.rows()];
+                    w.matmul_q8_with(k, pool, &mut want, &a);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(got), bits(&want), "{} {} n={n}", k.isa, w.ty());
+                }
+            }
+        }
+    }
+}

@@ -712,6 +712,49 @@ impl<'a> WeightsRef<'a> {
         }
     }
 
+    /// [`WeightsRef::matmul_q8_with`] for several matrices that take the
+    /// same input, `outs[j] = x · ws[j]ᵀ`: for one token, one pool job for
+    /// all of them (decode's query, key and value projections; gate and
+    /// up), so that the threads meet once instead of once per matrix.
+    ///
+    /// # Panics
+    /// As [`WeightsRef::matmul_q8_with`], for any of the matrices.
+    pub fn matmul_q8_many_with(
+        k: &Kernels,
+        pool: &Pool,
+        ws: &[&WeightsRef<'_>],
+        outs: &mut [&mut [f32]],
+        x: &Q8Activations,
+    ) {
+        assert_eq!(
+            ws.len(),
+            outs.len(),
+            "matmul_q8_many: one output per matrix"
+        );
+        if x.n() != 1 {
+            for (w, o) in ws.iter().zip(outs.iter_mut()) {
+                w.matmul_q8_with(k, pool, o, x);
+            }
+            return;
+        }
+        let mut fs = Vec::with_capacity(ws.len());
+        let mut per = Vec::with_capacity(ws.len());
+        for (w, o) in ws.iter().zip(outs.iter()) {
+            let f = k
+                .matmul_q8_for(w)
+                .unwrap_or_else(|| panic!("matmul_q8: {} weights have no int8 kernel", w.ty()));
+            assert_eq!(x.cols(), w.cols, "matmul_q8: x is not (n, cols)");
+            assert_eq!(o.len(), w.rows, "matmul_q8: out is not (n, rows)");
+            (k.prepare_q8)(w, x);
+            fs.push(f);
+            per.push(rows_per_task(w.rows, w.cols, pool.threads()));
+        }
+        pool.for_chunks_multi(outs, &per, &|j, i, o| {
+            let r0 = i * per[j];
+            fs[j](ws[j], r0..r0 + o.len(), x, o)
+        });
+    }
+
     /// `out (n, rows) = x · Wᵀ` with `x` quantized to int8 per block
     /// ([`Q8Activations`]): integer products within each block, one float
     /// multiply-add per block; on the active tier and the global pool.
