@@ -345,8 +345,9 @@ struct BenchArgs {
     /// One JSON object per test on its own line.
     #[arg(long)]
     json: bool,
-    /// Also measure the memory read bandwidth (a read loop over 1 GiB on
-    /// the same threads), the ceiling for decode; it raises peak RSS.
+    /// Also measure read bandwidth on the same threads, the ceiling for
+    /// decode: a read loop over 1 GiB (memory) and one over one token's
+    /// weight bytes (where they stay in a cache); it raises peak RSS.
     #[arg(long)]
     bandwidth: bool,
     #[command(flatten)]
