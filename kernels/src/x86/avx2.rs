@@ -1085,6 +1085,21 @@ macro_rules! avx2_fn {
             $body
         }
     };
+    // A table entry: the body compiled with the tier's features, behind a
+    // safe function the table can hold.
+    (entry $(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:expr) => {
+        $(#[$doc])*
+        pub(crate) fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn imp($($arg: $ty),*) $(-> $ret)? {
+                $body
+            }
+            // SAFETY: only reachable through `crate::x86::AVX2` (or a
+            // table built on it), which `crate::dispatch` hands out only
+            // after the CPU reported these features.
+            unsafe { imp($($arg),*) }
+        }
+    };
 }
 
 avx2_fn!(fn q8_q8_imp(w: &WeightsRef<'_>, rows: Range<usize>, x: &Q8Activations, out: &mut [f32])
@@ -1095,12 +1110,21 @@ avx2_fn!(fn q4m_q8_imp(w: &WeightsRef<'_>, rows: Range<usize>, x: &Q8Activations
     => matmul_int8::<Q4M, Avx2Dot, 2, 2>(w, rows, x, out));
 avx2_fn!(fn f32_imp(w: &WeightsRef<'_>, rows: Range<usize>, x: &[f32], n: usize, out: &mut [f32])
     => matmul_f32::<4, 3>(w, rows, x, n, out));
-avx2_fn!(fn dot_imp(a: &[f32], b: &[f32]) -> f32 => dot_f32(a, b));
-avx2_fn!(fn axpy_imp(y: &mut [f32], a: f32, x: &[f32]) => axpy_f32(y, a, x));
-avx2_fn!(fn softmax_imp(x: &mut [f32]) => crate::f32::softmax_body(x));
-avx2_fn!(fn silu_mul_imp(gate: &mut [f32], up: &[f32]) => crate::f32::silu_mul_body(gate, up));
-avx2_fn!(fn quantize_imp(x: &[f32], q: &mut [BlockQ8], s: &mut [f32], sums: &mut [i32])
-    => quantize_q8(x, q, s, sums));
+avx2_fn!(entry
+    /// `Σ a·b`.
+    fn dot(a: &[f32], b: &[f32]) -> f32 => dot_f32(a, b));
+avx2_fn!(entry
+    /// `y += a·x`.
+    fn axpy(y: &mut [f32], a: f32, x: &[f32]) => axpy_f32(y, a, x));
+avx2_fn!(entry
+    /// Softmax, bit-identical to the scalar tier.
+    fn softmax(x: &mut [f32]) => crate::f32::softmax_body(x));
+avx2_fn!(entry
+    /// SiLU·mul, bit-identical to the scalar tier.
+    fn silu_mul(gate: &mut [f32], up: &[f32]) => crate::f32::silu_mul_body(gate, up));
+avx2_fn!(entry
+    /// Activations to int8 blocks, bit-identical to the scalar tier.
+    fn quantize(x: &[f32], q: &mut [BlockQ8], s: &mut [f32], sums: &mut [i32]) => quantize_q8(x, q, s, sums));
 
 // SAFETY (for every wrapper below): these functions are only reachable
 // through `crate::x86::AVX2` / `AVX512`, which `crate::dispatch` hands out
@@ -1148,34 +1172,4 @@ pub(crate) fn matmul_f32_entry(
 ) {
     // SAFETY: the AVX2 table is only handed out when AVX2/FMA/F16C were detected.
     unsafe { f32_imp(w, rows, x.data(), x.n(), out) }
-}
-
-/// `Σ a·b`.
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // SAFETY: the AVX2 table is only handed out when AVX2/FMA/F16C were detected.
-    unsafe { dot_imp(a, b) }
-}
-
-/// `y += a·x`.
-pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    // SAFETY: the AVX2 table is only handed out when AVX2/FMA/F16C were detected.
-    unsafe { axpy_imp(y, a, x) }
-}
-
-/// Softmax, bit-identical to the scalar tier.
-pub(crate) fn softmax(x: &mut [f32]) {
-    // SAFETY: only reachable through `crate::x86::AVX2`, handed out after avx2_available().
-    unsafe { softmax_imp(x) }
-}
-
-/// SiLU·mul, bit-identical to the scalar tier.
-pub(crate) fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    // SAFETY: only reachable through `crate::x86::AVX2`, handed out after avx2_available().
-    unsafe { silu_mul_imp(gate, up) }
-}
-
-/// Activations to int8 blocks, bit-identical to the scalar tier.
-pub(crate) fn quantize(x: &[f32], q: &mut [BlockQ8], s: &mut [f32], sums: &mut [i32]) {
-    // SAFETY: the AVX2 table is only handed out when AVX2/FMA/F16C were detected.
-    unsafe { quantize_imp(x, q, s, sums) }
 }

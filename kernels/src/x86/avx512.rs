@@ -21,16 +21,40 @@ macro_rules! avx512_fn {
             $body
         }
     };
+    // A table entry: the body compiled with the tier's features, behind a
+    // safe function the table can hold.
+    (entry $(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:expr) => {
+        $(#[$doc])*
+        pub(crate) fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+            unsafe fn imp($($arg: $ty),*) $(-> $ret)? {
+                $body
+            }
+            // SAFETY: only reachable through `crate::x86::AVX512` (or a
+            // table built on it), which `crate::dispatch` hands out only
+            // after the CPU reported these features.
+            unsafe { imp($($arg),*) }
+        }
+    };
 }
 
 avx512_fn!(fn f32_imp(w: &WeightsRef<'_>, rows: Range<usize>, x: &[f32], n: usize, out: &mut [f32])
     => avx2::matmul_f32::<4, 5>(w, rows, x, n, out));
-avx512_fn!(fn dot_imp(a: &[f32], b: &[f32]) -> f32 => avx2::dot_f32(a, b));
-avx512_fn!(fn axpy_imp(y: &mut [f32], a: f32, x: &[f32]) => avx2::axpy_f32(y, a, x));
-avx512_fn!(fn softmax_imp(x: &mut [f32]) => crate::f32::softmax_body(x));
-avx512_fn!(fn silu_mul_imp(gate: &mut [f32], up: &[f32]) => crate::f32::silu_mul_body(gate, up));
-avx512_fn!(fn quantize_imp(x: &[f32], q: &mut [BlockQ8], s: &mut [f32], sums: &mut [i32])
-    => avx2::quantize_q8(x, q, s, sums));
+avx512_fn!(entry
+    /// `Σ a·b`.
+    fn dot(a: &[f32], b: &[f32]) -> f32 => avx2::dot_f32(a, b));
+avx512_fn!(entry
+    /// `y += a·x`.
+    fn axpy(y: &mut [f32], a: f32, x: &[f32]) => avx2::axpy_f32(y, a, x));
+avx512_fn!(entry
+    /// Softmax, bit-identical to the scalar tier.
+    fn softmax(x: &mut [f32]) => crate::f32::softmax_body(x));
+avx512_fn!(entry
+    /// SiLU·mul, bit-identical to the scalar tier.
+    fn silu_mul(gate: &mut [f32], up: &[f32]) => crate::f32::silu_mul_body(gate, up));
+avx512_fn!(entry
+    /// Activations to int8 blocks, bit-identical to the scalar tier.
+    fn quantize(x: &[f32], q: &mut [BlockQ8], s: &mut [f32], sums: &mut [i32]) => avx2::quantize_q8(x, q, s, sums));
 
 /// The table entries of the 512-bit int8 kernel, one per weight type.
 macro_rules! int8_entry {
@@ -73,36 +97,6 @@ pub(crate) fn matmul_f32_entry(
         // SAFETY: as above.
         _ => unsafe { f32_imp(w, rows, x, n, out) },
     }
-}
-
-/// `Σ a·b`.
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // SAFETY: only reachable through `crate::x86::AVX512`, handed out after avx512_available().
-    unsafe { dot_imp(a, b) }
-}
-
-/// `y += a·x`.
-pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    // SAFETY: only reachable through `crate::x86::AVX512`, handed out after avx512_available().
-    unsafe { axpy_imp(y, a, x) }
-}
-
-/// Softmax, bit-identical to the scalar tier.
-pub(crate) fn softmax(x: &mut [f32]) {
-    // SAFETY: only reachable through `crate::x86::AVX512`, handed out after avx512_available().
-    unsafe { softmax_imp(x) }
-}
-
-/// SiLU·mul, bit-identical to the scalar tier.
-pub(crate) fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    // SAFETY: only reachable through `crate::x86::AVX512`, handed out after avx512_available().
-    unsafe { silu_mul_imp(gate, up) }
-}
-
-/// Activations to int8 blocks, bit-identical to the scalar tier.
-pub(crate) fn quantize(x: &[f32], q: &mut [BlockQ8], s: &mut [f32], sums: &mut [i32]) {
-    // SAFETY: only reachable through `crate::x86::AVX512`, handed out after avx512_available().
-    unsafe { quantize_imp(x, q, s, sums) }
 }
 
 // ---------------------------------------------------------------------------
