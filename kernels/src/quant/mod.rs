@@ -14,7 +14,7 @@
 //!   integer products summed per block, scaled once per block, as llama.cpp
 //!   does.
 
-use crate::dispatch::Kernels;
+use crate::dispatch::{Kernels, MatmulQ8Fn};
 use crate::pool::Pool;
 use half::f16;
 use rayon::prelude::*;
@@ -737,18 +737,15 @@ impl<'a> WeightsRef<'a> {
             }
             return;
         }
-        let mut fs = Vec::with_capacity(ws.len());
-        let mut per = Vec::with_capacity(ws.len());
-        for (w, o) in ws.iter().zip(outs.iter()) {
-            let f = k
-                .matmul_q8_for(w)
-                .unwrap_or_else(|| panic!("matmul_q8: {} weights have no int8 kernel", w.ty()));
-            assert_eq!(x.cols(), w.cols, "matmul_q8: x is not (n, cols)");
-            assert_eq!(o.len(), w.rows, "matmul_q8: out is not (n, rows)");
-            (k.prepare_q8)(w, x);
-            fs.push(f);
-            per.push(rows_per_task(w.rows, w.cols, pool.threads()));
-        }
+        let fs: Vec<MatmulQ8Fn> = ws
+            .iter()
+            .zip(outs.iter())
+            .map(|(w, o)| w.q8_kernel(k, o, x))
+            .collect();
+        let per: Vec<usize> = ws
+            .iter()
+            .map(|w| rows_per_task(w.rows, w.cols, pool.threads()))
+            .collect();
         pool.for_chunks_multi(outs, &per, &|j, i, o| {
             let r0 = i * per[j];
             fs[j](ws[j], r0..r0 + o.len(), x, o)
@@ -767,16 +764,26 @@ impl<'a> WeightsRef<'a> {
 
     /// [`WeightsRef::matmul_q8`] on a given tier and pool.
     pub fn matmul_q8_with(&self, k: &Kernels, pool: &Pool, out: &mut [f32], x: &Q8Activations) {
+        let f = self.q8_kernel(k, out, x);
+        par_row_blocks(pool, out, x.n(), self.rows, self.cols, &|rows, o| {
+            f(self, rows, x, o)
+        });
+    }
+
+    /// The int8 kernel for these weights on `k`, after checking the shapes
+    /// of `x` and `out` and arranging `x` for it ([`Kernels::prepare_q8`]).
+    fn q8_kernel(&self, k: &Kernels, out: &[f32], x: &Q8Activations) -> MatmulQ8Fn {
         let f = k
             .matmul_q8_for(self)
             .unwrap_or_else(|| panic!("matmul_q8: {} weights have no int8 kernel", self.ty()));
         assert_eq!(x.cols(), self.cols, "matmul_q8: x is not (n, cols)");
-        let n = x.n();
-        assert_eq!(out.len(), n * self.rows, "matmul_q8: out is not (n, rows)");
+        assert_eq!(
+            out.len(),
+            x.n() * self.rows,
+            "matmul_q8: out is not (n, rows)"
+        );
         (k.prepare_q8)(self, x);
-        par_row_blocks(pool, out, n, self.rows, self.cols, &|rows, o| {
-            f(self, rows, x, o)
-        });
+        f
     }
 }
 

@@ -1076,29 +1076,10 @@ pub(crate) unsafe fn quantize_q8(
 // ---------------------------------------------------------------------
 // The AVX2 tier's entries
 
-/// Compiles the generic bodies for AVX2 + FMA + F16C.
+/// Compiles the generic bodies for AVX2 + FMA + F16C (see [`super::tier_fn`]).
 macro_rules! avx2_fn {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:expr) => {
-        $(#[$doc])*
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn $name($($arg: $ty),*) $(-> $ret)? {
-            $body
-        }
-    };
-    // A table entry: the body compiled with the tier's features, behind a
-    // safe function the table can hold.
-    (entry $(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:expr) => {
-        $(#[$doc])*
-        pub(crate) fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[target_feature(enable = "avx2,fma,f16c")]
-            unsafe fn imp($($arg: $ty),*) $(-> $ret)? {
-                $body
-            }
-            // SAFETY: only reachable through `crate::x86::AVX2` (or a
-            // table built on it), which `crate::dispatch` hands out only
-            // after the CPU reported these features.
-            unsafe { imp($($arg),*) }
-        }
+    ($($t:tt)*) => {
+        super::tier_fn!("avx2,fma,f16c", "crate::x86::AVX2"; $($t)*);
     };
 }
 

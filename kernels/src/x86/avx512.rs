@@ -13,28 +13,11 @@ use crate::quant::{BlockQ8, F32Activations, Planes, Q8Activations, WeightsRef};
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-/// Compiles the generic bodies for AVX-512 (with AVX2, FMA and F16C).
+/// Compiles the generic bodies for AVX-512 (with AVX2, FMA and F16C; see
+/// [`super::tier_fn`]).
 macro_rules! avx512_fn {
-    (fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:expr) => {
-        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-        unsafe fn $name($($arg: $ty),*) $(-> $ret)? {
-            $body
-        }
-    };
-    // A table entry: the body compiled with the tier's features, behind a
-    // safe function the table can hold.
-    (entry $(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:expr) => {
-        $(#[$doc])*
-        pub(crate) fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-            unsafe fn imp($($arg: $ty),*) $(-> $ret)? {
-                $body
-            }
-            // SAFETY: only reachable through `crate::x86::AVX512` (or a
-            // table built on it), which `crate::dispatch` hands out only
-            // after the CPU reported these features.
-            unsafe { imp($($arg),*) }
-        }
+    ($($t:tt)*) => {
+        super::tier_fn!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", "crate::x86::AVX512"; $($t)*);
     };
 }
 

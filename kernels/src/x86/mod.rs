@@ -4,6 +4,33 @@
 
 use crate::dispatch::{Isa, Kernels};
 
+/// Compiles a generic body with a tier's `target_feature` set: `fn` gives
+/// the `unsafe fn` that the tier's kernels call, `entry fn` a safe table
+/// entry around it (sound because `crate::dispatch` hands a tier's table
+/// out only after the CPU reported its features).
+macro_rules! tier_fn {
+    ($feat:literal, $tier:literal; $(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:expr) => {
+        $(#[$doc])*
+        #[target_feature(enable = $feat)]
+        unsafe fn $name($($arg: $ty),*) $(-> $ret)? {
+            $body
+        }
+    };
+    ($feat:literal, $tier:literal; entry $(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:expr) => {
+        $(#[$doc])*
+        pub(crate) fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[target_feature(enable = $feat)]
+            unsafe fn imp($($arg: $ty),*) $(-> $ret)? {
+                $body
+            }
+            // SAFETY: only reachable through the tier's table ($tier, or a
+            // table built on it), handed out after its features were detected.
+            unsafe { imp($($arg),*) }
+        }
+    };
+}
+pub(crate) use tier_fn;
+
 pub mod amx;
 pub mod avx2;
 // The AVX-512 intrinsics are stable since Rust 1.89, the workspace's
