@@ -231,7 +231,7 @@ fn write_then_open_round_trips_with_zero_copy_aligned_views() {
 
     let file = MllmFile::open(&path).unwrap();
     assert!(file.is_mapped());
-    assert_eq!(file.version(), 1);
+    assert_eq!(file.version(), 2);
     assert_eq!(file.path(), path);
     assert_eq!(file.metadata(), &meta);
     assert_eq!(file.tokenizer_text().unwrap(), TOKENIZER);
@@ -447,10 +447,10 @@ fn bad_magic_and_short_files() {
 #[test]
 fn newer_and_invalid_versions() {
     let mut b = valid_bytes();
-    put_u32(&mut b, 4, 2);
+    put_u32(&mut b, 4, 3);
     assert_error(
         &b,
-        "made by a newer microllm (format version 2, this build reads up to 1)",
+        "made by a newer microllm (format version 3, this build reads up to 2)",
     );
     // The version is read before anything else that may change with it.
     let mut short = b"MLLM".to_vec();
@@ -458,6 +458,48 @@ fn newer_and_invalid_versions() {
     assert_error(&short, "made by a newer microllm (format version 7");
     put_u32(&mut b, 4, 0);
     assert_error(&b, "invalid format version 0");
+}
+
+/// Version 1 differs only in the `q4s24` layout: a version 1 file without
+/// `q4s24` reads, one with it is refused by name.
+#[test]
+fn version_1_reads_unless_it_holds_q4s24() {
+    let mut b = valid_bytes();
+    put_u32(&mut b, 4, 1);
+    assert_eq!(parse(&b).unwrap().version(), 1);
+
+    let mut meta = metadata();
+    let sparse = "model.layers.0.mlp.up_proj.weight";
+    meta.quantization
+        .overrides
+        .insert(sparse.to_string(), TensorType::Q4S24);
+    let cfg = meta.config.clone();
+    let recipe = meta.quantization.clone();
+    let mut w = MllmWriter::new(meta, TOKENIZER.as_bytes());
+    for (i, e) in expected_tensors(&cfg).into_iter().enumerate() {
+        let n: usize = e.shape.iter().product();
+        let ty = match e.role {
+            Role::Norm => TensorType::F32,
+            Role::Matrix => recipe.type_for(&e.name),
+        };
+        let mut v = values(n, i as u64);
+        if ty == TensorType::Q4S24 {
+            // 2:4: the first two of every four are zero.
+            v.iter_mut().enumerate().for_each(|(j, x)| {
+                if j % 4 < 2 {
+                    *x = 0.0
+                }
+            });
+        }
+        w.add_f32(&e.name, ty, &e.shape, &v).unwrap();
+    }
+    let mut b = w.to_bytes().unwrap();
+    assert_eq!(parse(&b).unwrap().version(), 2);
+    put_u32(&mut b, 4, 1);
+    assert_error(
+        &b,
+        &format!("tensor '{sparse}' is q4s24 in the format version 1 layout"),
+    );
 }
 
 #[test]

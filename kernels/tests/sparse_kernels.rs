@@ -18,8 +18,7 @@ use microllm_kernels::quant::{
 };
 use proptest::prelude::*;
 
-/// The 6 ways to choose 2 of 4 positions, in increasing order.
-const PAIRS: [(u8, u8); 6] = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)];
+use sparse::PAIRS;
 
 /// Random valid sparse blocks: distinct positions per group, any nibbles
 /// or quants, scales of either sign.
@@ -58,11 +57,20 @@ fn pack_idx(groups: &[u8; 16]) -> [u8; 8] {
     idx
 }
 
+/// The 3-bit codes of `q4s24` (group `g` at bits `3g`).
+fn pack_codes(groups: &[u8; 16]) -> [u8; 6] {
+    let bits = groups
+        .iter()
+        .enumerate()
+        .fold(0u64, |a, (g, &c)| a | (c as u64) << (3 * g));
+    bits.to_le_bytes()[..6].try_into().unwrap()
+}
+
 fn q4_blocks(raw: &[RawBlock]) -> Vec<BlockQ4S24> {
     raw.iter()
         .map(|(q, g)| BlockQ4S24 {
+            codes: pack_codes(g),
             qs: q[..16].try_into().unwrap(),
-            idx: pack_idx(g),
         })
         .collect()
 }
@@ -147,7 +155,8 @@ proptest! {
         raw in prop::collection::vec(any::<([u8; 16], [u8; 8], [u8; 16])>(), 1..4),
         seed in any::<u64>(),
     ) {
-        let b4: Vec<BlockQ4S24> = raw.iter().map(|(q, i, _)| BlockQ4S24 { qs: *q, idx: *i }).collect();
+        // Codes 6 and 7 included: they read as (0, 1) everywhere.
+        let b4: Vec<BlockQ4S24> = raw.iter().map(|(q, i, _)| BlockQ4S24 { codes: i[..6].try_into().unwrap(), qs: *q }).collect();
         let b8: Vec<BlockQ8S24> = raw.iter().map(|(q, i, q2)| {
             let mut qs = [0i8; 32];
             for j in 0..16 { qs[j] = q[j] as i8; qs[16 + j] = q2[j] as i8; }

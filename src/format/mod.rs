@@ -32,7 +32,9 @@ pub use writer::MllmWriter;
 /// The first four bytes of every `.mllm` file.
 pub const MAGIC: [u8; 4] = *b"MLLM";
 /// The format version this build writes, and the newest it reads.
-pub const VERSION: u32 = 1;
+/// Version 2 changed the `q4s24` block (3-bit pair codes); version 1 files
+/// without `q4s24` tensors are read unchanged.
+pub const VERSION: u32 = 2;
 /// Bytes of the fixed header.
 pub const HEADER_LEN: usize = 128;
 /// Alignment of the data section and of every tensor in it.

@@ -279,6 +279,16 @@ fn parse_bytes(b: &[u8], path: &Path) -> Result<Parsed> {
 
     // 8-9. Tensor table and overlaps.
     let tensors = read_table(&b[table], data.start, data.len()).map_err(bad)?;
+    // Version 1 differs from 2 only in the `q4s24` block layout.
+    if version == 1 {
+        if let Some(t) = tensors.iter().find(|t| t.ty == TensorType::Q4S24) {
+            return Err(bad(format!(
+                "tensor '{}' is q4s24 in the format version 1 layout (2-bit positions), \
+                 which this build no longer reads; prune the model again",
+                t.name
+            )));
+        }
+    }
     // 10. The tensors the architecture needs.
     arch::check_tensors(&metadata, &tensors).map_err(bad)?;
 

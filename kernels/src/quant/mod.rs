@@ -95,8 +95,9 @@ pub enum TensorType {
     Q4,
     /// `x = d·n + m`, n a nibble, f16 `d` and `m` per block of 32: 5 bits/weight.
     Q4m,
-    /// 2:4 sparse `q4`: per 64 inputs the 32 kept values as nibbles, their
-    /// 2-bit positions and one f16 scale: 3.25 bits/weight ([`sparse`]).
+    /// 2:4 sparse `q4`: per 64 inputs the 32 kept values as nibbles, a
+    /// 3-bit code per group of 4 naming its 2 kept positions, and one f16
+    /// scale: 3.0 bits/weight ([`sparse`]).
     Q4S24,
     /// 2:4 sparse `q8`: per 64 inputs 32 kept int8 quants, positions and
     /// one f16 scale: 5.25 bits/weight ([`sparse`]).
@@ -197,7 +198,7 @@ impl TensorType {
             TensorType::Q8 => 8.5,
             TensorType::Q4 => 4.5,
             TensorType::Q4m => 5.0,
-            TensorType::Q4S24 => 3.25,
+            TensorType::Q4S24 => 3.0,
             TensorType::Q8S24 => 5.25,
         }
     }
@@ -215,7 +216,7 @@ impl TensorType {
             if !cols.is_multiple_of(sparse::SK as u64) {
                 return None;
             }
-            let block = if self == TensorType::Q4S24 { 24 } else { 40 };
+            let block = if self == TensorType::Q4S24 { 22 } else { 40 };
             return (numel / sparse::SK as u64).checked_mul(block + 2);
         }
         if !cols.is_multiple_of(QK as u64) {
@@ -483,7 +484,7 @@ impl<'a> WeightsRef<'a> {
                 }
             }
             TensorType::Q4S24 => {
-                let (q, s) = bytes.split_at(numel / sparse::SK * 24);
+                let (q, s) = bytes.split_at(numel / sparse::SK * std::mem::size_of::<BlockQ4S24>());
                 Planes::Q4S24 {
                     blocks: bytemuck::cast_slice(q),
                     scales: f16s(s)?,
@@ -1025,7 +1026,7 @@ fn sparse_quantize(
     }
     check_finite(x)?;
     let nb = cols / sk;
-    let block_bytes = if ty == TensorType::Q4S24 { 24 } else { 40 };
+    let block_bytes = if ty == TensorType::Q4S24 { 22 } else { 40 };
     let mut quants = vec![0u8; x.len() / sk * block_bytes];
     let mut scales = vec![f16::ZERO; x.len() / sk];
     if !x.is_empty() {

@@ -7,28 +7,31 @@
 //!
 //! Layout (see `docs/format.md`, section 6): a row is cut into blocks of
 //! [`SK`] = 64 inputs (16 groups of 4), each keeping [`SKEPT`] = 32 values.
-//! Kept value `k` (0..32) belongs to group `k / 2`, i.e. inputs
-//! `4·(k/2) .. 4·(k/2)+3` of the block, at position `p_k` (0..3) in it:
-//! input `4·(k/2) + p_k`. The two positions of a group are written in
-//! increasing order. Per block:
-//! - `q4s24` ([`BlockQ4S24`], 24 bytes): 16 bytes of nibbles in the order of
+//! Kept values `2g` and `2g + 1` belong to group `g` (inputs `4g .. 4g+3`
+//! of the block), at positions `p0 < p1` in it. Per block:
+//! - `q4s24` ([`BlockQ4S24`], 22 bytes): 6 bytes of 3-bit codes, the code
+//!   of group `g` at bits `3g` of the 48-bit little-endian field, naming the
+//!   group's pair `(p0, p1)` in [`PAIRS`] (codes 6 and 7, which no encoder
+//!   writes, read as `(0, 1)`); then 16 bytes of nibbles in the order of
 //!   [`BlockQ4`] (byte `j`: kept value `j` low, `j + 16` high), so kept
 //!   values 0..15 (inputs 0..31) are the low nibbles and 16..31 (inputs
-//!   32..63) the high ones; then 8 bytes of 2-bit positions, `p_k` at bits
-//!   `2·(k % 4)` of byte `k / 4` (so the 8 bytes read as a little-endian
-//!   u64 hold `p_k` at bits `2k`). Value `d·(n − 8)`.
+//!   32..63) the high ones. Value `d·(n − 8)`. There are 6 ways to keep 2
+//!   of 4, so 3 bits per group instead of two 2-bit positions: 3.0 bits
+//!   per weight instead of 3.25.
 //! - `q8s24` ([`BlockQ8S24`], 40 bytes): 32 int8 quants in kept order, then
-//!   the same 8 bytes of positions. Value `d·q`.
+//!   8 bytes of 2-bit positions, `p_k` at bits `2·(k % 4)` of byte `k / 4`
+//!   (the 8 bytes read as a little-endian u64 hold `p_k` at bits `2k`).
+//!   Value `d·q`.
 //!
 //! One f16 scale `d` per block in its own plane, as for the dense types:
-//! 26 bytes per 64 weights (3.25 bits/weight) for `q4s24`, 42 (5.25) for
+//! 24 bytes per 64 weights (3.0 bits/weight) for `q4s24`, 42 (5.25) for
 //! `q8s24`. A block's 32 kept values share one scale, as the 32 values of
 //! a dense `q4` block do, so the quantization error per kept value is that
 //! of dense `q4` (the same quantizer runs on them).
 //!
-//! Dequantization adds each kept value at its input (an encoder never
-//! writes a position twice, but any bytes give one defined answer, the one
-//! the dot products compute).
+//! Dequantization adds each kept value at its input (a `q8s24` encoder
+//! never writes a position twice, but any bytes give one defined answer,
+//! the one the dot products compute; a `q4s24` code cannot repeat one).
 //!
 //! Kernels, each with a scalar reference and SIMD versions chosen by an
 //! explicit [`Isa`] (the dispatch tier; [`x86`]: AVX2 and AVX-512;
@@ -58,15 +61,46 @@ pub const SK: usize = 64;
 /// Kept values per sparse block (2 of every 4 inputs).
 pub const SKEPT: usize = 32;
 
-/// A `q4s24` block: 32 kept nibbles and their 2-bit positions (64 inputs).
+/// A `q4s24` block: the 3-bit pair codes of its 16 groups and 32 kept
+/// nibbles (64 inputs). The codes come first so that an 8-byte read at
+/// the start of any block stays inside it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockQ4S24 {
+    /// Code of group `g` (an index into [`PAIRS`]) at bits `3g` of the
+    /// little-endian 48-bit field.
+    pub codes: [u8; 6],
     /// Kept nibbles, [`BlockQ4`] order (byte `j`: kept `j` low, `j + 16` high).
     pub qs: [u8; 16],
-    /// Position of kept value `k` in its group at bits `2·(k % 4)` of byte `k / 4`.
-    pub idx: [u8; 8],
 }
+
+/// The 6 ways to keep 2 of 4 inputs, `(p0, p1)` with `p0 < p1`, by code;
+/// codes 6 and 7 (never written) read as `(0, 1)`.
+pub const PAIRS: [(u8, u8); 8] = [
+    (0, 1),
+    (0, 2),
+    (0, 3),
+    (1, 2),
+    (1, 3),
+    (2, 3),
+    (0, 1),
+    (0, 1),
+];
+
+/// For the 6 bits of two groups' codes, the byte of 2-bit positions of
+/// their 4 kept values (the `q8s24` position byte): how the kernels written
+/// for 2-bit positions read `q4s24` codes, one lookup per 8 inputs.
+pub static CODE_PAIR_POS: [u8; 64] = {
+    let mut t = [0u8; 64];
+    let mut c = 0;
+    while c < 64 {
+        let (a0, a1) = PAIRS[c & 7];
+        let (b0, b1) = PAIRS[c >> 3];
+        t[c] = a0 | (a1 << 2) | (b0 << 4) | (b1 << 6);
+        c += 1;
+    }
+    t
+};
 
 /// A `q8s24` block: 32 kept int8 quants and their 2-bit positions.
 #[repr(C)]
@@ -78,7 +112,7 @@ pub struct BlockQ8S24 {
     pub idx: [u8; 8],
 }
 
-const _: () = assert!(std::mem::size_of::<BlockQ4S24>() == 24);
+const _: () = assert!(std::mem::size_of::<BlockQ4S24>() == 22);
 const _: () = assert!(std::mem::align_of::<BlockQ4S24>() == 1);
 const _: () = assert!(std::mem::size_of::<BlockQ8S24>() == 40);
 const _: () = assert!(std::mem::align_of::<BlockQ8S24>() == 1);
@@ -90,6 +124,21 @@ pub fn kept_input(idx: &[u8; 8], k: usize) -> usize {
 }
 
 impl BlockQ4S24 {
+    /// The 48-bit code field.
+    #[inline(always)]
+    pub fn code_bits(&self) -> u64 {
+        let c = &self.codes;
+        u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64
+            | (u16::from_le_bytes([c[4], c[5]]) as u64) << 32
+    }
+
+    /// The positions in the `q8s24` form (`p_k` at bits `2k`).
+    #[inline(always)]
+    pub fn idx(&self) -> [u8; 8] {
+        let c = self.code_bits();
+        std::array::from_fn(|j| CODE_PAIR_POS[((c >> (6 * j)) & 63) as usize])
+    }
+
     /// Nibble (0..=15) of kept value `k`.
     #[inline(always)]
     pub fn nibble(&self, k: usize) -> u8 {
@@ -107,9 +156,10 @@ impl BlockQ4S24 {
 /// positions. Returns the kept values, in kept order, and the packed
 /// positions; a group with more than 2 non-zero values is an error naming
 /// its first input (relative to the block).
-fn select(xb: &[f32]) -> Result<([f32; SKEPT], [u8; 8]), usize> {
+fn select(xb: &[f32]) -> Result<([f32; SKEPT], [u8; 8], u64), usize> {
     let mut vals = [0.0f32; SKEPT];
     let mut idx = [0u8; 8];
+    let mut codes = 0u64;
     for g in 0..SK / 4 {
         let grp = &xb[4 * g..4 * g + 4];
         let nz = grp.iter().filter(|v| **v != 0.0).count();
@@ -129,8 +179,10 @@ fn select(xb: &[f32]) -> Result<([f32; SKEPT], [u8; 8]), usize> {
             vals[k] = grp[p];
             idx[k / 4] |= (p as u8) << (2 * (k % 4));
         }
+        let code = PAIRS[..6].iter().position(|&pr| pr == (a as u8, b as u8));
+        codes |= (code.expect("a pair of distinct positions") as u64) << (3 * g);
     }
-    Ok((vals, idx))
+    Ok((vals, idx, codes))
 }
 
 /// The error for a group that is not 2:4 sparse.
@@ -160,12 +212,16 @@ pub fn quantize_row_q4s24(
     check_row(x, blocks.len(), scales.len(), "q4s24::quantize_row");
     super::check_finite(x)?;
     for (b, ((xb, blk), s)) in x.chunks_exact(SK).zip(blocks).zip(scales).enumerate() {
-        let (vals, idx) = select(xb).map_err(|i| not_sparse("q4s24", b * SK + i))?;
+        let (vals, _, codes) = select(xb).map_err(|i| not_sparse("q4s24", b * SK + i))?;
         let (q, d) = q4::quantize_block(&vals).ok_or_else(|| QuantError::OutOfRange {
             index: b * SK,
             max_abs: vals.iter().fold(0.0f32, |m, v| m.max(v.abs())),
         })?;
-        *blk = BlockQ4S24 { qs: q.qs, idx };
+        let codes = codes.to_le_bytes();
+        *blk = BlockQ4S24 {
+            codes: std::array::from_fn(|i| codes[i]),
+            qs: q.qs,
+        };
         *s = d;
     }
     Ok(())
@@ -181,7 +237,7 @@ pub fn quantize_row_q8s24(
     check_row(x, blocks.len(), scales.len(), "q8s24::quantize_row");
     super::check_finite(x)?;
     for (b, ((xb, blk), s)) in x.chunks_exact(SK).zip(blocks).zip(scales).enumerate() {
-        let (vals, idx) = select(xb).map_err(|i| not_sparse("q8s24", b * SK + i))?;
+        let (vals, idx, _) = select(xb).map_err(|i| not_sparse("q8s24", b * SK + i))?;
         let mut q = [BlockQ8 { qs: [0; QK] }];
         let mut d = [f16::ZERO];
         q8::quantize_row(&vals, &mut q, &mut d).map_err(|e| super::shift_error(e, b * SK))?;
@@ -196,9 +252,10 @@ pub fn dequantize_row_q4s24(blocks: &[BlockQ4S24], scales: &[f16], out: &mut [f3
     check_row(out, blocks.len(), scales.len(), "q4s24::dequantize_row");
     for ((b, s), o) in blocks.iter().zip(scales).zip(out.chunks_exact_mut(SK)) {
         let d = s.to_f32();
+        let idx = b.idx();
         o.fill(0.0);
         for k in 0..SKEPT {
-            o[kept_input(&b.idx, k)] += (b.nibble(k) as i32 - 8) as f32 * d;
+            o[kept_input(&idx, k)] += (b.nibble(k) as i32 - 8) as f32 * d;
         }
     }
 }
@@ -221,8 +278,9 @@ pub fn dot_q4s24_scalar(blocks: &[BlockQ4S24], scales: &[f16], x: &[f32]) -> f32
     let mut sum = 0.0f32;
     for ((b, s), xb) in blocks.iter().zip(scales).zip(x.chunks_exact(SK)) {
         let mut acc = [0.0f32; 8];
+        let idx = b.idx();
         for k in 0..SKEPT {
-            acc[k % 8] += xb[kept_input(&b.idx, k)] * (b.nibble(k) as i32 - 8) as f32;
+            acc[k % 8] += xb[kept_input(&idx, k)] * (b.nibble(k) as i32 - 8) as f32;
         }
         sum += s.to_f32() * sum8(acc);
     }
@@ -257,11 +315,12 @@ pub fn dot_q8_q4s24(blocks: &[BlockQ4S24], scales: &[f16], a: Q8Row<'_>) -> f32 
     let mut sum = 0.0f32;
     for (i, (b, s)) in blocks.iter().zip(scales).enumerate() {
         let (a0, a1) = (&a.quants[2 * i], &a.quants[2 * i + 1]);
+        let idx = b.idx();
         let (mut lo, mut hi) = (0i32, 0i32);
         for k in 0..SKEPT / 2 {
-            lo += (b.nibble(k) as i32 - 8) * a0.qs[kept_input(&b.idx, k)] as i32;
+            lo += (b.nibble(k) as i32 - 8) * a0.qs[kept_input(&idx, k)] as i32;
             let k2 = k + SKEPT / 2;
-            hi += (b.nibble(k2) as i32 - 8) * a1.qs[kept_input(&b.idx, k2) - QK] as i32;
+            hi += (b.nibble(k2) as i32 - 8) * a1.qs[kept_input(&idx, k2) - QK] as i32;
         }
         sum += s.to_f32() * (a.scales[2 * i] * lo as f32 + a.scales[2 * i + 1] * hi as f32);
     }
@@ -336,15 +395,17 @@ pub fn dot_q8s24(isa: Isa, blocks: &[BlockQ8S24], scales: &[f16], x: &[f32]) -> 
 /// The dense `q4` blocks (two per sparse block, both with the sparse
 /// block's scale, nibble 8 = zero at pruned inputs) that hold exactly the
 /// values of a `q4s24` row: what the tests run the dense kernels on.
-/// `None` if a position is written twice (no encoder does that).
+/// Never `None` (a code names two distinct positions); `Option` as for
+/// [`q8s24_to_dense`].
 pub fn q4s24_to_dense(blocks: &[BlockQ4S24], scales: &[f16]) -> Option<(Vec<BlockQ4>, Vec<f16>)> {
     let mut qs = Vec::with_capacity(blocks.len() * 2);
     let mut ds = Vec::with_capacity(blocks.len() * 2);
     for (b, s) in blocks.iter().zip(scales) {
         let mut n = [[8u8; QK]; 2];
         let mut seen = [false; SK];
+        let idx = b.idx();
         for k in 0..SKEPT {
-            let p = kept_input(&b.idx, k);
+            let p = kept_input(&idx, k);
             if std::mem::replace(&mut seen[p], true) {
                 return None;
             }
@@ -390,7 +451,8 @@ mod tests {
         x[1] = 1.0;
         x[3] = -2.0; // group 0: positions 1, 3
         x[6] = 5.0; // group 1: 6 and the first zero, 4
-        let (vals, idx) = select(&x).unwrap();
+        let (vals, idx, codes) = select(&x).unwrap();
+        assert_eq!(codes & 0o77, 0o14); // group 0: (1, 3) is code 4; group 1: (0, 2) code 1
         assert_eq!((kept_input(&idx, 0), kept_input(&idx, 1)), (1, 3));
         assert_eq!((vals[0], vals[1]), (1.0, -2.0));
         assert_eq!((kept_input(&idx, 2), kept_input(&idx, 3)), (4, 6));

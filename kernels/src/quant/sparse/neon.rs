@@ -62,6 +62,7 @@ pub unsafe fn dot_q4s24_neon(blocks: &[BlockQ4S24], scales: &[f16], x: &[f32]) -
     let eight = vdupq_n_s16(8);
     for (i, (b, s)) in blocks.iter().zip(scales).enumerate() {
         let xp = x.as_ptr().add(i * SK);
+        let idx = b.idx();
         let q = vld1q_u8(b.qs.as_ptr());
         let lo = vandq_u8(q, vdupq_n_u8(0x0F));
         let hi = vshrq_n_u8::<4>(q);
@@ -77,7 +78,7 @@ pub unsafe fn dot_q4s24_neon(blocks: &[BlockQ4S24], scales: &[f16], x: &[f32]) -
             let w = s16x8_to_f32(vsubq_s16(n, eight));
             for (j, wj) in w.into_iter().enumerate() {
                 let quad = 2 * h + j; // kept values 4·quad .. 4·quad + 3
-                let g = gather4(xp.add(8 * quad), b.idx[quad]);
+                let g = gather4(xp.add(8 * quad), idx[quad]);
                 bacc = vfmaq_f32(bacc, wj, g);
             }
         }

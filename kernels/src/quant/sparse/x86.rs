@@ -63,7 +63,7 @@ pub unsafe fn dot_q4s24_avx2(blocks: &[BlockQ4S24], scales: &[f16], x: &[f32]) -
         let q = _mm_loadu_si128(b.qs.as_ptr() as *const __m128i);
         let lo = _mm_and_si128(q, low);
         let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), low);
-        let idx = u64::from_le_bytes(b.idx);
+        let idx = u64::from_le_bytes(b.idx());
         let nib = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
         let mut bacc = _mm256_setzero_ps();
         for (j, n) in nib.into_iter().enumerate() {
@@ -145,7 +145,7 @@ pub unsafe fn dot_q4s24_avx512(blocks: &[BlockQ4S24], scales: &[f16], x: &[f32])
         let q = _mm_loadu_si128(b.qs.as_ptr() as *const __m128i);
         let lo = _mm_and_si128(q, low);
         let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), low);
-        let idx = u64::from_le_bytes(b.idx);
+        let idx = u64::from_le_bytes(b.idx());
         let g0 = gather16_avx512(xp, idx as u32, shifts, base);
         let g1 = gather16_avx512(xp.add(32), (idx >> 32) as u32, shifts, base);
         let w0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(lo), eight));
