@@ -176,6 +176,13 @@ proptest! {
             prop_assert!((g4 - s4).abs() <= 1e-5 * abs_dot(&w4, &x) * 4.0 + 1e-30, "{:?}", isa);
             prop_assert!((g8 - s8).abs() <= 1e-5 * abs_dot(&w8, &x) * 4.0 + 1e-30, "{:?}", isa);
         }
+        // The AMX tier runs the AVX-512 vector kernels (not the scalar
+        // fallback): the same bits.
+        if Isa::Amx.is_available() {
+            let (a, b) = (Isa::Amx, Isa::Avx512);
+            prop_assert_eq!(sparse::dot_q4s24(a, &b4, &scales, &x).to_bits(), sparse::dot_q4s24(b, &b4, &scales, &x).to_bits());
+            prop_assert_eq!(sparse::dot_q8s24(a, &b8, &scales, &x).to_bits(), sparse::dot_q8s24(b, &b8, &scales, &x).to_bits());
+        }
     }
 
     /// Quantizing a 2:4-sparse matrix keeps exactly its zeros, and the

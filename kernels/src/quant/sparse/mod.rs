@@ -350,7 +350,8 @@ pub fn dot_q4s24(isa: Isa, blocks: &[BlockQ4S24], scales: &[f16], x: &[f32]) -> 
     check_row(x, blocks.len(), scales.len(), "q4s24::dot");
     match isa {
         #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
-        Isa::Avx512 if isa.is_available() => {
+        // AMX is the AVX-512 tier plus tiles: the same vector kernels.
+        Isa::Avx512 | Isa::Amx if isa.is_available() => {
             // SAFETY: the CPU has AVX-512F (checked above); lengths checked.
             unsafe { x86::dot_q4s24_avx512(blocks, scales, x) }
         }
@@ -374,7 +375,8 @@ pub fn dot_q8s24(isa: Isa, blocks: &[BlockQ8S24], scales: &[f16], x: &[f32]) -> 
     check_row(x, blocks.len(), scales.len(), "q8s24::dot");
     match isa {
         #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
-        Isa::Avx512 if isa.is_available() => {
+        // AMX is the AVX-512 tier plus tiles: the same vector kernels.
+        Isa::Avx512 | Isa::Amx if isa.is_available() => {
             // SAFETY: as in `dot_q4s24`.
             unsafe { x86::dot_q8s24_avx512(blocks, scales, x) }
         }
