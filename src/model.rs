@@ -689,10 +689,7 @@ fn linears(
 ) {
     let mut fused = |a: &Q8Activations| {
         let ws: Vec<WeightsRef<'_>> = projs.iter().map(|&p| lw.proj(p).weights()).collect();
-        if !ws
-            .iter()
-            .all(|w| w.ty().is_quantized() && !w.ty().is_sparse())
-        {
+        if !ws.iter().all(|w| dispatch::kernels().int8_for(w.ty())) {
             return false;
         }
         let ws: Vec<&WeightsRef<'_>> = ws.iter().collect();
@@ -748,8 +745,8 @@ impl<'a> Input<'a> {
     /// one and the weights are quantized.
     fn matmul(&self, w: &WeightsRef<'_>, out: &mut [f32], n: usize) {
         match self.q8 {
-            // The 2:4 sparse types have SIMD kernels for f32 inputs only.
-            Some(a) if w.ty().is_quantized() && !w.ty().is_sparse() => w.matmul_q8(out, a),
+            // Where the tier has a SIMD int8 kernel for the type.
+            Some(a) if dispatch::kernels().int8_for(w.ty()) => w.matmul_q8(out, a),
             _ => {
                 debug_assert_eq!(self.f32.n(), n);
                 w.matmul_act(out, self.f32)

@@ -40,7 +40,16 @@ struct Owned {
 
 impl Owned {
     fn new(ty: TensorType, rows: usize, cols: usize) -> Owned {
-        let w = values(rows as u64 * 31 + cols as u64, rows * cols);
+        let mut w = values(rows as u64 * 31 + cols as u64, rows * cols);
+        if ty.is_sparse() {
+            // 2:4: the 2 smallest of every 4 inputs are zero.
+            for g in w.chunks_exact_mut(4) {
+                let mut o = [0usize, 1, 2, 3];
+                o.sort_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()));
+                g[o[0]] = 0.0;
+                g[o[1]] = 0.0;
+            }
+        }
         let b = match ty {
             TensorType::F32 | TensorType::F16 => encode(ty, &w, rows, cols).unwrap(),
             _ => QuantizedWeights::quantize(ty, &w, rows, cols)
@@ -129,6 +138,29 @@ fn decode(c: &mut Criterion) {
                         b.iter(|| run(k, &w, black_box(&x), aa, 1, &mut out))
                     });
                 }
+            }
+        }
+    }
+    g.finish();
+}
+
+/// Decode of 2:4-pruned matrices: sparse `q4s24` against dense `q4` on
+/// the same pruned weights, int8 activations (bytes: each file's own).
+fn sparse(c: &mut Criterion) {
+    let mut g = config(c, "sparse");
+    for (rows, cols) in [(1536, 576), (576, 1536)] {
+        for ty in [TensorType::Q4, TensorType::Q4S24] {
+            let o = Owned::new(ty, rows, cols);
+            let w = o.get();
+            let x = values(7, cols);
+            let a = Q8Activations::quantize(&x, 1, cols);
+            let mut out = vec![0f32; rows];
+            g.throughput(Throughput::Bytes(o.len as u64));
+            for k in tiers() {
+                let id = BenchmarkId::new(format!("{}/{ty}xq8", k.isa), format!("{rows}x{cols}"));
+                g.bench_function(id, |b| {
+                    b.iter(|| run(k, &w, black_box(&x), Some(&a), 1, &mut out))
+                });
             }
         }
     }
@@ -226,5 +258,5 @@ fn dispatch(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, prefill, small, dispatch);
+criterion_group!(benches, decode, sparse, prefill, small, dispatch);
 criterion_main!(benches);

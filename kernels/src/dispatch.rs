@@ -141,6 +141,11 @@ pub struct Kernels {
     pub matmul_q4_q8: MatmulQ8Fn,
     /// q4m weights × int8 activations.
     pub matmul_q4m_q8: MatmulQ8Fn,
+    /// 2:4 sparse `q4s24` weights × int8 activations, where the tier has a
+    /// SIMD kernel for it (AVX-512 with VBMI); elsewhere the scalar
+    /// reference serves `matmul_q8`, and models give `q4s24` f32 inputs
+    /// (see [`Kernels::int8_for`]).
+    pub matmul_q4s24_q8: Option<MatmulQ8Fn>,
     /// Arranges `x` for the int8 kernel of `w`'s type (in `x`'s layout
     /// cache) before a matrix's tasks start, so that they do not race to
     /// build it (the losers would sleep on a lock); nothing on tiers whose
@@ -174,6 +179,7 @@ pub static SCALAR: Kernels = Kernels {
     matmul_q8_q8: scalar_matmul_q8,
     matmul_q4_q8: scalar_matmul_q8,
     matmul_q4m_q8: scalar_matmul_q8,
+    matmul_q4s24_q8: None,
     prepare_q8: no_prepare_q8,
     matmul_f32: scalar_matmul_f32,
     matmul_f32_cols: None,
@@ -229,9 +235,13 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => Some(&crate::x86::AVX2),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => Some(&crate::x86::AVX512),
+            Isa::Avx512 if crate::x86::avx512_vbmi_available() => Some(&crate::x86::AVX512),
             #[cfg(target_arch = "x86_64")]
-            Isa::Amx => Some(&crate::x86::AMX),
+            Isa::Avx512 => Some(&crate::x86::AVX512_NO_VBMI),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx if crate::x86::avx512_vbmi_available() => Some(&crate::x86::AMX),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => Some(&crate::x86::AMX_NO_VBMI),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => Some(&crate::aarch64::NEON),
             #[allow(unreachable_patterns)]
@@ -247,9 +257,23 @@ impl Kernels {
             T::Q8 => Some(self.matmul_q8_q8),
             T::Q4 => Some(self.matmul_q4_q8),
             T::Q4m => Some(self.matmul_q4m_q8),
-            // 2:4 sparse types: row by row through `dot_row_q8`.
-            T::Q4S24 | T::Q8S24 => Some(scalar_matmul_q8),
+            T::Q4S24 => Some(self.matmul_q4s24_q8.unwrap_or(scalar_matmul_q8)),
+            // Row by row through `dot_row_q8`.
+            T::Q8S24 => Some(scalar_matmul_q8),
             _ => None,
+        }
+    }
+
+    /// Whether weights of type `ty` should take int8 activations on this
+    /// tier: every dense quantized type, and a 2:4 sparse type only where
+    /// it has a SIMD int8 kernel (its scalar one is slower than its SIMD
+    /// f32-input kernels).
+    pub fn int8_for(&self, ty: crate::quant::TensorType) -> bool {
+        use crate::quant::TensorType as T;
+        match ty {
+            T::Q4S24 => self.matmul_q4s24_q8.is_some(),
+            T::Q8S24 => false,
+            t => t.is_quantized(),
         }
     }
 }

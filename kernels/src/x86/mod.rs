@@ -54,6 +54,13 @@ pub fn avx512_available() -> bool {
         && is_x86_feature_detected!("avx512vnni")
 }
 
+/// AVX-512 VBMI (byte permutes) and GFNI (bit-matrix byte ops), both in
+/// Ice Lake and later and Zen 4 and later: the `q4s24` int8 kernel needs
+/// them on top of the AVX-512 tier.
+pub fn avx512_vbmi_available() -> bool {
+    avx512_available() && is_x86_feature_detected!("avx512vbmi") && is_x86_feature_detected!("gfni")
+}
+
 /// The AVX2 tier.
 pub static AVX2: Kernels = Kernels {
     isa: Isa::Avx2,
@@ -61,6 +68,7 @@ pub static AVX2: Kernels = Kernels {
     matmul_q8_q8: avx2::matmul_q8_q8,
     matmul_q4_q8: avx2::matmul_q4_q8,
     matmul_q4m_q8: avx2::matmul_q4m_q8,
+    matmul_q4s24_q8: None,
     prepare_q8: crate::dispatch::no_prepare_q8,
     matmul_f32: avx2::matmul_f32_entry,
     matmul_f32_cols: None,
@@ -77,6 +85,7 @@ pub static AVX512: Kernels = Kernels {
     matmul_q8_q8: avx512::matmul_q8_q8,
     matmul_q4_q8: avx512::matmul_q4_q8,
     matmul_q4m_q8: avx512::matmul_q4m_q8,
+    matmul_q4s24_q8: Some(crate::quant::sparse::x86::matmul_q4s24_q8),
     prepare_q8: avx512::prepare_q8,
     matmul_f32: avx512::matmul_f32_entry,
     matmul_f32_cols: None,
@@ -84,6 +93,13 @@ pub static AVX512: Kernels = Kernels {
     axpy: avx512::axpy,
     softmax: avx512::softmax,
     silu_mul: avx512::silu_mul,
+};
+
+/// The AVX-512 tier on a CPU without VBMI: 2:4 sparse `q4s24` takes f32
+/// activations.
+pub static AVX512_NO_VBMI: Kernels = Kernels {
+    matmul_q4s24_q8: None,
+    ..AVX512
 };
 
 /// The AMX tier: the AVX-512 tier with prompts (f32 activations, from
@@ -97,4 +113,10 @@ pub static AMX: Kernels = Kernels {
         prepare: amx::prepare_f32,
     }),
     ..AVX512
+};
+
+/// The AMX tier on a CPU without VBMI (none is known; for completeness).
+pub static AMX_NO_VBMI: Kernels = Kernels {
+    matmul_q4s24_q8: None,
+    ..AMX
 };

@@ -179,3 +179,269 @@ pub unsafe fn dot_q8s24_avx512(blocks: &[BlockQ8S24], scales: &[f16], x: &[f32])
     }
     _mm512_reduce_add_ps(acc)
 }
+
+// ---------------------------------------------------------------------------
+// `q4s24` × int8 activations, AVX-512 with VBMI (byte permutes) and GFNI:
+// decode.
+//
+// Two blocks (128 inputs, 64 kept values) per step. One register holds
+// the 64 kept nibbles as bytes, lanes of 16: [b0 kept 0..15, b1 0..15,
+// b0 16..31, b1 16..31] (one `vpermb` of the two blocks' bytes, then one
+// `vgf2p8affineqb` keeps the low nibbles in the lower half and the high
+// ones in the upper half). The activation of each is found without
+// leaving the registers:
+// - each qword of a second register holds its block's 48-bit code field
+//   (one broadcast load per block);
+// - `vpmultishiftqb` moves, into byte `j`, the code of its group shifted
+//   left by one; a ternary-logic op puts the byte's parity (first or
+//   second kept value of the group) in bit 0;
+// - `vpermb` looks `2·code + parity` up in a 16-entry table of positions,
+//   and adding `64·block + 4·group` gives the input (0..127);
+// - `vpermi2b` gathers the 64 activations from the 128 of the step.
+// `vpdpbusd` then sums 4 products per 32-bit lane (nibble × int8), the
+// nibbles' offset 8 is removed with a second `vpdpbusd` of 8 × the same
+// activations, and each lane, which lies in one activation block of 32,
+// is scaled by its `d_w · d_a`.
+// ---------------------------------------------------------------------------
+
+use crate::quant::{Planes, Q8Activations, WeightsRef, QK};
+use std::ops::Range;
+
+/// The layout-cache slot of [`PrepS24`] (the dense 512-bit kernels use 0-2).
+const S24_SLOT: usize = 3;
+
+/// Activations laid out for [`matmul_q4s24_q8_avx512`]: per token and per
+/// step of 128 inputs, the 128 int8 values (zero past the row's end) and
+/// the lane scales `[d_a(4s)×4, d_a(4s+2)×4, d_a(4s+1)×4, d_a(4s+3)×4]`
+/// (lanes 4..7 are the second block's first half).
+struct PrepS24 {
+    q: Vec<[__m512i; 2]>,
+    d: Vec<__m512>,
+    /// Steps per row.
+    ns: usize,
+}
+
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn prep_s24(x: &Q8Activations) -> PrepS24 {
+    let nb = x.cols() / QK;
+    let ns = nb.div_ceil(4);
+    let mut q = Vec::with_capacity(x.n() * ns);
+    let mut d = Vec::with_capacity(x.n() * ns);
+    for t in 0..x.n() {
+        let row = x.row(t);
+        for s in 0..ns {
+            let mut bytes = [0i8; 128];
+            let mut dv = [0.0f32; 16];
+            for (i, lane) in [0, 2, 1, 3].into_iter().enumerate() {
+                let b = 4 * s + i;
+                if b < nb {
+                    bytes[32 * i..32 * i + 32].copy_from_slice(&row.quants[b].qs);
+                    dv[4 * lane..4 * lane + 4].fill(row.scales[b]);
+                }
+            }
+            // SAFETY: 64-byte reads from a 128-byte array, 16 floats from 16.
+            q.push([
+                _mm512_loadu_si512(bytes.as_ptr() as *const _),
+                _mm512_loadu_si512(bytes.as_ptr().add(64) as *const _),
+            ]);
+            d.push(_mm512_loadu_ps(dv.as_ptr()));
+        }
+    }
+    PrepS24 { q, d, ns }
+}
+
+/// The layout of `x` for the `q4s24` int8 kernel, built before a matrix's
+/// tasks start ([`crate::dispatch::Kernels::prepare_q8`]).
+pub(crate) fn prepare_q4s24_q8(x: &Q8Activations) {
+    if crate::x86::avx512_vbmi_available() {
+        // SAFETY: AVX-512 F/BW checked just above.
+        x.layout(S24_SLOT, || unsafe { prep_s24(x) });
+    }
+}
+
+/// The constant registers of the kernel, by output byte `j`: half
+/// `h = j / 32`, block `b = (j / 16) % 2`, kept value `k = 16h + j % 16`
+/// of that block, in group `k / 2`.
+struct S24Consts {
+    /// `vpermb` of the two blocks' 44 bytes to [b0 qs, b1 qs, b0 qs, b1 qs].
+    nib: __m512i,
+    /// `vgf2p8affineqb` matrices: bits 0-3 of a byte (qwords 0-3), bits
+    /// 4-7 (qwords 4-7).
+    nibbles: __m512i,
+    /// `vpmultishiftqb` control: byte `j` reads from bit `3·group − 1`.
+    shift: __m512i,
+    /// Byte `j`'s parity (0 or 1) in bit 0.
+    parity: __m512i,
+    /// `64·b + 4·group`.
+    base: __m512i,
+    /// `2·code + parity` → position in the group (see [`super::PAIRS`]).
+    pos: __m512i,
+}
+
+#[inline(always)]
+unsafe fn s24_consts() -> S24Consts {
+    let (mut nib, mut shift, mut parity, mut base, mut pos) =
+        ([0u8; 64], [0u8; 64], [0u8; 64], [0u8; 64], [0u8; 64]);
+    for j in 0..64 {
+        let (h, b, i) = (j / 32, (j / 16) % 2, j % 16);
+        let g = (16 * h + i) / 2;
+        nib[j] = (22 * b + 6 + i) as u8;
+        shift[j] = ((3 * g + 63) % 64) as u8;
+        parity[j] = (i % 2) as u8;
+        base[j] = (64 * b + 4 * g) as u8;
+    }
+    for (c, &(p0, p1)) in super::PAIRS.iter().enumerate() {
+        pos[2 * c] = p0;
+        pos[2 * c + 1] = p1;
+    }
+    let ld = |a: &[u8; 64]| _mm512_loadu_si512(a.as_ptr() as *const _);
+    S24Consts {
+        nib: ld(&nib),
+        nibbles: {
+            let (lo, hi) = (0x0102_0408_0000_0000i64, 0x1020_4080_0000_0000i64);
+            _mm512_setr_epi64(lo, lo, lo, lo, hi, hi, hi, hi)
+        },
+        shift: ld(&shift),
+        parity: ld(&parity),
+        base: ld(&base),
+        pos: ld(&pos),
+    }
+}
+
+/// The exact integer sums `Σ (n − 8)·a` of one step (blocks `blk`,
+/// `blk + 1`; only `blk` when `two` is false) in the 16 lanes.
+#[inline(always)]
+unsafe fn s24_step(k: &S24Consts, blk: *const BlockQ4S24, two: bool, a: &[__m512i; 2]) -> __m512i {
+    let b0 = blk as *const u8;
+    // The two blocks' bytes (44, or 22 for a lone last block: never past it).
+    let len: u64 = if two { (1 << 44) - 1 } else { (1 << 22) - 1 };
+    let raw = _mm512_maskz_loadu_epi8(len, b0 as *const i8);
+    let qs = _mm512_permutexvar_epi8(k.nib, raw);
+    // Low nibbles in lanes 0-1, high ones in 2-3: one bit-matrix op.
+    let w = _mm512_gf2p8affine_epi64_epi8::<0>(qs, k.nibbles);
+    // Codes: b0's field in qwords 0, 1, 4, 5 and b1's in 2, 3, 6, 7, each
+    // read as 8 bytes from its block's start (inside the 22-byte block).
+    let mut codes = _mm512_set1_epi64((b0 as *const i64).read_unaligned());
+    if two {
+        let b1 = blk.add(1) as *const i64;
+        codes = _mm512_mask_set1_epi64(codes, 0xCC, b1.read_unaligned());
+    }
+    let t = _mm512_multishift_epi64_epi8(k.shift, codes);
+    // (t & 0b1110) | parity
+    let u = _mm512_ternarylogic_epi32::<0xEA>(t, _mm512_set1_epi8(0x0E), k.parity);
+    let idx = _mm512_add_epi8(_mm512_permutexvar_epi8(u, k.pos), k.base);
+    let x = _mm512_permutex2var_epi8(a[0], idx, a[1]);
+    let z = _mm512_setzero_si512();
+    let wx = _mm512_dpbusd_epi32(z, w, x);
+    let ex = _mm512_dpbusd_epi32(z, _mm512_set1_epi8(8), x);
+    _mm512_sub_epi32(wx, ex)
+}
+
+/// Rows `r..r + R` of a `q4s24` matrix against token `t`.
+#[inline(always)]
+unsafe fn s24_rows<const R: usize>(
+    k: &S24Consts,
+    blocks: *const BlockQ4S24,
+    scales: *const u16,
+    nb: usize,
+    p: &PrepS24,
+    r: usize,
+    t: usize,
+) -> [f32; R] {
+    let mut acc = [_mm512_setzero_ps(); R];
+    let mut ws = [[0.0f32; 16]; R];
+    for g in 0..nb.div_ceil(16) {
+        let b0 = 16 * g;
+        let count = (nb - b0).min(16);
+        for (i, w) in ws.iter_mut().enumerate() {
+            let plane = scales.add((r + i) * nb + b0);
+            let h = if count == 16 {
+                _mm256_loadu_si256(plane as *const __m256i)
+            } else {
+                _mm256_maskz_loadu_epi16(((1u32 << count) - 1) as u16, plane as *const i16)
+            };
+            _mm512_storeu_ps(w.as_mut_ptr(), _mm512_cvtph_ps(h));
+        }
+        for s in 0..count.div_ceil(2) {
+            let step = 8 * g + s;
+            let a = p.q.get_unchecked(t * p.ns + step);
+            let da = *p.d.get_unchecked(t * p.ns + step);
+            let two = b0 + 2 * s + 1 < nb;
+            for i in 0..R {
+                let isum = s24_step(k, blocks.add((r + i) * nb + b0 + 2 * s), two, a);
+                // d_w of b0 in lanes 0-3 and 8-11, of b1 in 4-7 and 12-15.
+                let dw = _mm512_mask_mov_ps(
+                    _mm512_set1_ps(ws[i][2 * s]),
+                    0xF0F0,
+                    _mm512_set1_ps(ws[i][2 * s + 1]),
+                );
+                let v = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), da);
+                acc[i] = _mm512_fmadd_ps(v, dw, acc[i]);
+            }
+        }
+    }
+    std::array::from_fn(|i| _mm512_reduce_add_ps(acc[i]))
+}
+
+/// `q4s24` weights × int8 activations, rows `rows` of `w` against every
+/// token of `x` (`out (rows, n)`), as [`crate::dispatch::MatmulQ8Fn`].
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW, VL, VNNI, VBMI and GFNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni")]
+pub unsafe fn matmul_q4s24_q8_avx512(
+    w: &WeightsRef<'_>,
+    rows: Range<usize>,
+    x: &Q8Activations,
+    out: &mut [f32],
+) {
+    let Planes::Q4S24 { blocks, scales } = w.planes() else {
+        panic!("matmul_q8: the q4s24 kernel got {} weights", w.ty());
+    };
+    let n = x.n();
+    let nb = w.cols() / super::SK;
+    assert!(rows.end <= w.rows(), "matmul: rows out of range");
+    assert_eq!(x.cols(), w.cols(), "matmul: x is not (n, cols)");
+    assert_eq!(out.len(), rows.len() * n, "matmul: out is not (rows, n)");
+    if n == 0 || rows.is_empty() || nb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    // SAFETY (of the unchecked reads below): `WeightsRef::new` checked that
+    // the planes hold `rows · nb` blocks and scales; a step reads blocks
+    // `r·nb + 2s` and, when it is in the row, `+ 1`, of rows below
+    // `rows.end`; `p` holds `n · ceil(nb / 2)` steps.
+    let p = x.layout(S24_SLOT, || prep_s24(x));
+    let k = s24_consts();
+    let (bp, sp) = (blocks.as_ptr(), scales.as_ptr() as *const u16);
+    for t in 0..n {
+        let mut i = 0;
+        while i + S24_ROWS <= rows.len() {
+            let res = s24_rows::<S24_ROWS>(&k, bp, sp, nb, p, rows.start + i, t);
+            for (j, v) in res.into_iter().enumerate() {
+                out[(i + j) * n + t] = v;
+            }
+            i += S24_ROWS;
+        }
+        while i < rows.len() {
+            out[i * n + t] = s24_rows::<1>(&k, bp, sp, nb, p, rows.start + i, t)[0];
+            i += 1;
+        }
+    }
+}
+
+/// Rows per call of [`s24_rows`]: they share the activation loads.
+const S24_ROWS: usize = 4;
+
+/// The table entry: [`matmul_q4s24_q8_avx512`] behind the safe signature.
+pub(crate) fn matmul_q4s24_q8(
+    w: &WeightsRef<'_>,
+    rows: Range<usize>,
+    x: &Q8Activations,
+    out: &mut [f32],
+) {
+    // SAFETY: only reachable through the AVX-512 tables that
+    // `crate::dispatch` hands out when `avx512_vbmi_available()` (VBMI and
+    // GFNI).
+    unsafe { matmul_q4s24_q8_avx512(w, rows, x, out) }
+}
