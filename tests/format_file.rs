@@ -100,6 +100,14 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 
 /// A writer holding every tensor of the tiny model, typed by the recipe.
 fn writer(meta: Metadata) -> MllmWriter<'static> {
+    writer_with(meta, |_, v| v)
+}
+
+/// [`writer`] with each tensor's values passed through `edit(type, values)`.
+fn writer_with(
+    meta: Metadata,
+    edit: impl Fn(TensorType, Vec<f32>) -> Vec<f32>,
+) -> MllmWriter<'static> {
     let cfg = meta.config.clone();
     let recipe = meta.quantization.clone();
     let mut w = MllmWriter::new(meta, TOKENIZER.as_bytes());
@@ -109,7 +117,7 @@ fn writer(meta: Metadata) -> MllmWriter<'static> {
             Role::Norm => TensorType::F32,
             Role::Matrix => recipe.type_for(&e.name),
         };
-        w.add_f32(&e.name, ty, &e.shape, &values(n, i as u64))
+        w.add_f32(&e.name, ty, &e.shape, &edit(ty, values(n, i as u64)))
             .unwrap();
     }
     w
@@ -473,26 +481,14 @@ fn version_1_reads_unless_it_holds_q4s24() {
     meta.quantization
         .overrides
         .insert(sparse.to_string(), TensorType::Q4S24);
-    let cfg = meta.config.clone();
-    let recipe = meta.quantization.clone();
-    let mut w = MllmWriter::new(meta, TOKENIZER.as_bytes());
-    for (i, e) in expected_tensors(&cfg).into_iter().enumerate() {
-        let n: usize = e.shape.iter().product();
-        let ty = match e.role {
-            Role::Norm => TensorType::F32,
-            Role::Matrix => recipe.type_for(&e.name),
-        };
-        let mut v = values(n, i as u64);
+    let w = writer_with(meta, |ty, mut v| {
         if ty == TensorType::Q4S24 {
             // 2:4: the first two of every four are zero.
-            v.iter_mut().enumerate().for_each(|(j, x)| {
-                if j % 4 < 2 {
-                    *x = 0.0
-                }
-            });
+            v.iter_mut().step_by(4).for_each(|x| *x = 0.0);
+            v.iter_mut().skip(1).step_by(4).for_each(|x| *x = 0.0);
         }
-        w.add_f32(&e.name, ty, &e.shape, &v).unwrap();
-    }
+        v
+    });
     let mut b = w.to_bytes().unwrap();
     assert_eq!(parse(&b).unwrap().version(), 2);
     put_u32(&mut b, 4, 1);

@@ -113,10 +113,18 @@ fn run(
     }
 }
 
-fn decode(c: &mut Criterion) {
-    let mut g = config(c, "decode");
-    for (rows, cols) in [(576, 576), (1536, 576), (576, 1536), (49152, 576)] {
-        for ty in TYPES {
+/// One matrix-vector product per (shape, type, tier, activation kind),
+/// reporting GB/s of the matrix's own bytes.
+fn decode_group(
+    c: &mut Criterion,
+    name: &str,
+    shapes: &[(usize, usize)],
+    types: &[TensorType],
+    acts: &[&str],
+) {
+    let mut g = config(c, name);
+    for &(rows, cols) in shapes {
+        for &ty in types {
             let o = Owned::new(ty, rows, cols);
             let w = o.get();
             let x = values(7, cols);
@@ -127,7 +135,7 @@ fn decode(c: &mut Criterion) {
                 if k.isa == Isa::Scalar && rows == 49152 && ty != TensorType::Q4 {
                     continue; // the scalar head takes long and says little
                 }
-                for act in ["f32", "q8"] {
+                for &act in acts {
                     if act == "q8" && !ty.is_quantized() {
                         continue;
                     }
@@ -144,27 +152,17 @@ fn decode(c: &mut Criterion) {
     g.finish();
 }
 
-/// Decode of 2:4-pruned matrices: sparse `q4s24` against dense `q4` on
-/// the same pruned weights, int8 activations (bytes: each file's own).
+fn decode(c: &mut Criterion) {
+    let shapes = [(576, 576), (1536, 576), (576, 1536), (49152, 576)];
+    decode_group(c, "decode", &shapes, &TYPES, &["f32", "q8"]);
+}
+
+/// Decode of 2:4 sparse `q4s24` (weights pruned 2:4 by magnitude) beside
+/// dense `q4` of the same shape (whose speed does not depend on the
+/// values), int8 activations.
 fn sparse(c: &mut Criterion) {
-    let mut g = config(c, "sparse");
-    for (rows, cols) in [(1536, 576), (576, 1536)] {
-        for ty in [TensorType::Q4, TensorType::Q4S24] {
-            let o = Owned::new(ty, rows, cols);
-            let w = o.get();
-            let x = values(7, cols);
-            let a = Q8Activations::quantize(&x, 1, cols);
-            let mut out = vec![0f32; rows];
-            g.throughput(Throughput::Bytes(o.len as u64));
-            for k in tiers() {
-                let id = BenchmarkId::new(format!("{}/{ty}xq8", k.isa), format!("{rows}x{cols}"));
-                g.bench_function(id, |b| {
-                    b.iter(|| run(k, &w, black_box(&x), Some(&a), 1, &mut out))
-                });
-            }
-        }
-    }
-    g.finish();
+    let types = [TensorType::Q4, TensorType::Q4S24];
+    decode_group(c, "sparse", &[(1536, 576), (576, 1536)], &types, &["q8"]);
 }
 
 fn prefill(c: &mut Criterion) {
