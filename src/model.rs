@@ -797,13 +797,17 @@ fn attention(
     kern: &Kernels,
     scratch: &mut AttentionScratch,
 ) {
-    let (hd, q_dim, kv_dim) = (cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
+    let Heads {
+        hd,
+        q_dim,
+        kv_dim,
+        group,
+        scale,
+    } = Heads::of(cfg);
     let n = q.len() / q_dim;
     if n >= PROMPT_ATTENTION_MIN_TOKENS {
         return prompt_attention(out, q, k_cache, v_cache, pos0, cfg, kern, scratch);
     }
-    let group = cfg.n_heads / cfg.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
     // One task per (token, head): each owns one head_dim slice of `out`.
     pool::global().for_chunks(out, hd, &|i, o| {
         let (t, h) = (i / cfg.n_heads, i % cfg.n_heads);
@@ -820,6 +824,28 @@ fn attention(
             (kern.axpy)(o, a, &v_cache[span(p)]);
         }
     });
+}
+
+/// The attention shapes of a model: head width, query and key/value row
+/// widths, query heads per key/value head, and the score scale.
+struct Heads {
+    hd: usize,
+    q_dim: usize,
+    kv_dim: usize,
+    group: usize,
+    scale: f32,
+}
+
+impl Heads {
+    fn of(cfg: &ModelConfig) -> Heads {
+        Heads {
+            hd: cfg.head_dim,
+            q_dim: cfg.q_dim(),
+            kv_dim: cfg.kv_dim(),
+            group: cfg.n_heads / cfg.n_kv_heads,
+            scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+        }
+    }
 }
 
 /// From this many new tokens attention runs as matrix products.
@@ -849,9 +875,13 @@ fn prompt_attention(
     kern: &Kernels,
     scratch: &mut AttentionScratch,
 ) {
-    let (hd, q_dim, kv_dim) = (cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
-    let group = cfg.n_heads / cfg.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let Heads {
+        hd,
+        q_dim,
+        kv_dim,
+        group,
+        scale,
+    } = Heads::of(cfg);
     let n = q.len() / q_dim;
     let n_ctx = pos0 + n;
     let ctx = n_ctx.next_multiple_of(microllm_kernels::quant::QK);
