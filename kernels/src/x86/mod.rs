@@ -61,6 +61,33 @@ pub fn avx512_vbmi_available() -> bool {
     avx512_available() && is_x86_feature_detected!("avx512vbmi") && is_x86_feature_detected!("gfni")
 }
 
+/// How far ahead of the bytes a decode kernel is reading it asks for the
+/// next ones ([`prefetch`]). One core alone does not keep enough reads in
+/// flight for the memory's bandwidth, and the hardware prefetcher stops at
+/// every 4 KiB page; about 1.5 KiB ahead measured best for both the dense
+/// and the sparse int8 kernels on SmolLM2 (more arrives too early and is
+/// evicted, less too late).
+pub(crate) const PREFETCH_AHEAD: usize = 1536;
+
+/// Asks for the cache lines of `base[ahead..ahead + len]` (in bytes) to be
+/// loaded into L1. Only hints: the addresses need not be valid (a
+/// prefetch never faults), so a kernel may ask past the end of its plane.
+#[inline(always)]
+pub(crate) fn prefetch(base: *const u8, len: usize, ahead: usize) {
+    let mut o = 0;
+    while o < len {
+        // SAFETY: `_mm_prefetch` is SSE (part of x86-64) and never faults;
+        // `wrapping_add` forms the address without claiming it is in
+        // bounds.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                base.wrapping_add(ahead + o) as *const i8,
+            )
+        };
+        o += 64;
+    }
+}
+
 /// The AVX2 tier.
 pub static AVX2: Kernels = Kernels {
     isa: Isa::Avx2,
@@ -120,3 +147,20 @@ pub static AMX_NO_VBMI: Kernels = Kernels {
     matmul_q4s24_q8: None,
     ..AMX
 };
+
+#[cfg(test)]
+mod tests {
+    use super::{prefetch, PREFETCH_AHEAD};
+
+    /// The decode kernels ask for lines past the end of their planes (the
+    /// last rows' look-ahead): that must never fault, nor change memory.
+    #[test]
+    fn prefetch_past_the_end_is_harmless() {
+        let v = vec![7u8; 100];
+        prefetch(v.as_ptr(), v.len(), PREFETCH_AHEAD);
+        prefetch(v.as_ptr(), 4096, 0);
+        prefetch(std::ptr::null(), 256, 0);
+        prefetch(v.as_ptr(), 64, usize::MAX - 63);
+        assert!(v.iter().all(|&b| b == 7));
+    }
+}

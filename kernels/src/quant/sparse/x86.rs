@@ -19,6 +19,18 @@ use std::arch::x86_64::*;
 use super::{BlockQ4S24, BlockQ8S24, SK};
 use half::f16;
 
+/// Asks for the rows after a row's `blocks` (rows are stored one after
+/// another) while this one is multiplied: see [`crate::x86::prefetch`].
+#[inline(always)]
+pub(crate) fn prefetch_next_rows<T>(blocks: &[T]) {
+    let len = std::mem::size_of_val(blocks);
+    crate::x86::prefetch(
+        blocks.as_ptr() as *const u8,
+        len,
+        crate::x86::PREFETCH_AHEAD,
+    );
+}
+
 #[inline(always)]
 unsafe fn hsum256(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
@@ -417,6 +429,7 @@ pub unsafe fn matmul_q4s24_q8_avx512(
     for t in 0..n {
         let mut i = 0;
         while i + S24_ROWS <= rows.len() {
+            prefetch_rows(bp, sp, nb, rows.start + i);
             let res = s24_rows::<S24_ROWS>(&k, bp, sp, nb, p, rows.start + i, t);
             for (j, v) in res.into_iter().enumerate() {
                 out[(i + j) * n + t] = v;
@@ -428,6 +441,22 @@ pub unsafe fn matmul_q4s24_q8_avx512(
             i += 1;
         }
     }
+}
+
+/// Asks for the blocks and scales of the [`S24_ROWS`] rows after the
+/// ones at `r` (see [`crate::x86::prefetch`]).
+#[inline(always)]
+fn prefetch_rows(bp: *const BlockQ4S24, sp: *const u16, nb: usize, r: usize) {
+    use crate::x86::{prefetch, PREFETCH_AHEAD};
+    let blocks = S24_ROWS * nb * std::mem::size_of::<BlockQ4S24>();
+    let at = r * nb;
+    prefetch(bp.wrapping_add(at) as *const u8, blocks, PREFETCH_AHEAD);
+    // The scales plane moves 2 bytes per 22 of blocks.
+    prefetch(
+        sp.wrapping_add(at) as *const u8,
+        S24_ROWS * nb * 2,
+        PREFETCH_AHEAD / 8,
+    );
 }
 
 /// Rows per call of [`s24_rows`]: they share the activation loads.
