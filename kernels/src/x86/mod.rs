@@ -156,7 +156,7 @@ mod tests {
     /// last rows' look-ahead): that must never fault, nor change memory.
     #[test]
     fn prefetch_past_the_end_is_harmless() {
-        let v = vec![7u8; 100];
+        let v = [7u8; 100];
         prefetch(v.as_ptr(), v.len(), PREFETCH_AHEAD);
         prefetch(v.as_ptr(), 4096, 0);
         prefetch(std::ptr::null(), 256, 0);
