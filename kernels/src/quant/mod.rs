@@ -521,6 +521,28 @@ impl<'a> WeightsRef<'a> {
         self.planes
     }
 
+    /// The plane that holds the values (f32/f16 data, quant or sparse
+    /// blocks) as a byte pointer, and its bytes per row: what a decode
+    /// kernel streams through, for [`crate::x86`]'s prefetching.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn value_rows(&self) -> (*const u8, usize) {
+        fn bytes<T>(v: &[T], rows: usize) -> (*const u8, usize) {
+            (
+                v.as_ptr() as *const u8,
+                std::mem::size_of_val(v) / rows.max(1),
+            )
+        }
+        let r = self.rows;
+        match self.planes {
+            Planes::F32(v) => bytes(v, r),
+            Planes::F16(v) => bytes(v, r),
+            Planes::Q8 { quants, .. } => bytes(quants, r),
+            Planes::Q4 { quants, .. } | Planes::Q4m { quants, .. } => bytes(quants, r),
+            Planes::Q4S24 { blocks, .. } => bytes(blocks, r),
+            Planes::Q8S24 { blocks, .. } => bytes(blocks, r),
+        }
+    }
+
     /// Writes row `r` as f32 into `out` (`cols` values): an embedding
     /// lookup, or a reference for tests.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {

@@ -360,13 +360,9 @@ pub(crate) unsafe fn matmul_int8<const K: u8, D: IntDot, const R: usize, const T
     let p = prep::<K, D>(x);
     let ng = p.ng;
     if n == 1 {
-        let qrow = wp.nb * if K == Q8 { 32 } else { 16 };
+        let (q, qrow) = w.value_rows();
         for (i, r) in rows.enumerate() {
-            crate::x86::prefetch(
-                wp.q.wrapping_add(r * qrow),
-                qrow,
-                crate::x86::PREFETCH_AHEAD,
-            );
+            crate::x86::prefetch(q.wrapping_add(r * qrow), qrow, crate::x86::PREFETCH_AHEAD);
             let mut acc = _mm256_setzero_ps();
             for g in 0..ng {
                 let (wv, dw, dm) = unpack::<K, D>(wp, r, g);

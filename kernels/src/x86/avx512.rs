@@ -387,12 +387,10 @@ unsafe fn int8_512(
     if n == 1 {
         let m = rows.len();
         let mut i = 0;
-        // Bytes per row of the quantized plane and of the scales.
-        let qrow = nb * if wt == Wt::Q8 { 32 } else { 16 };
+        let (q, qrow) = w.value_rows();
         while i + 4 <= m {
-            let at = rows.start + i;
-            let ahead = crate::x86::PREFETCH_AHEAD;
-            crate::x86::prefetch(planes.0.wrapping_add(at * qrow), 4 * qrow, ahead);
+            let at = (rows.start + i) * qrow;
+            crate::x86::prefetch(q.wrapping_add(at), 4 * qrow, crate::x86::PREFETCH_AHEAD);
             let res = int8_512_block::<4, 1>(wt, planes, nb, p, &idx, rows.start + i, 0);
             for k in 0..4 {
                 out[i + k] = res[k][0];
@@ -509,15 +507,11 @@ unsafe fn f32_decode(w: &WeightsRef<'_>, rows: Range<usize>, x: &[f32], out: &mu
         _ => unreachable!("f32_decode: only q4 and q8"),
     };
     let m = rows.len();
-    let qrow = nb * if q4 { 16 } else { 32 };
+    let (q, qrow) = w.value_rows();
     let mut i = 0;
     while i + 4 <= m {
         let at = (rows.start + i) * qrow;
-        crate::x86::prefetch(
-            quants.wrapping_add(at),
-            4 * qrow,
-            crate::x86::PREFETCH_AHEAD,
-        );
+        crate::x86::prefetch(q.wrapping_add(at), 4 * qrow, crate::x86::PREFETCH_AHEAD);
         out[i..i + 4].copy_from_slice(&f32_decode_rows::<4>(
             q4,
             quants,

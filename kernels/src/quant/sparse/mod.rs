@@ -356,14 +356,14 @@ pub fn dot_q4s24(isa: Isa, blocks: &[BlockQ4S24], scales: &[f16], x: &[f32]) -> 
         #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
         // AMX is the AVX-512 tier plus tiles: the same vector kernels.
         Isa::Avx512 | Isa::Amx if isa.is_available() => {
-            // SAFETY: the CPU has AVX-512F (checked above); lengths checked.
             x86::prefetch_next_rows(blocks);
+            // SAFETY: the CPU has AVX-512F (checked above); lengths checked.
             unsafe { x86::dot_q4s24_avx512(blocks, scales, x) }
         }
         #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
         Isa::Avx2 if isa.is_available() => {
-            // SAFETY: the CPU has AVX2 and FMA (checked above); lengths checked.
             x86::prefetch_next_rows(blocks);
+            // SAFETY: the CPU has AVX2 and FMA (checked above); lengths checked.
             unsafe { x86::dot_q4s24_avx2(blocks, scales, x) }
         }
         #[cfg(target_arch = "aarch64")]
@@ -383,14 +383,14 @@ pub fn dot_q8s24(isa: Isa, blocks: &[BlockQ8S24], scales: &[f16], x: &[f32]) -> 
         #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
         // AMX is the AVX-512 tier plus tiles: the same vector kernels.
         Isa::Avx512 | Isa::Amx if isa.is_available() => {
-            // SAFETY: as in `dot_q4s24`.
             x86::prefetch_next_rows(blocks);
+            // SAFETY: as in `dot_q4s24`.
             unsafe { x86::dot_q8s24_avx512(blocks, scales, x) }
         }
         #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
         Isa::Avx2 if isa.is_available() => {
-            // SAFETY: as in `dot_q4s24`.
             x86::prefetch_next_rows(blocks);
+            // SAFETY: as in `dot_q4s24`.
             unsafe { x86::dot_q8s24_avx2(blocks, scales, x) }
         }
         #[cfg(target_arch = "aarch64")]

@@ -429,7 +429,7 @@ pub unsafe fn matmul_q4s24_q8_avx512(
     for t in 0..n {
         let mut i = 0;
         while i + S24_ROWS <= rows.len() {
-            prefetch_rows(bp, sp, nb, rows.start + i);
+            prefetch_rows(w, sp, nb, rows.start + i);
             let res = s24_rows::<S24_ROWS>(&k, bp, sp, nb, p, rows.start + i, t);
             for (j, v) in res.into_iter().enumerate() {
                 out[(i + j) * n + t] = v;
@@ -446,15 +446,15 @@ pub unsafe fn matmul_q4s24_q8_avx512(
 /// Asks for the blocks and scales of the [`S24_ROWS`] rows after the
 /// ones at `r` (see [`crate::x86::prefetch`]).
 #[inline(always)]
-fn prefetch_rows(bp: *const BlockQ4S24, sp: *const u16, nb: usize, r: usize) {
+fn prefetch_rows(w: &WeightsRef<'_>, sp: *const u16, nb: usize, r: usize) {
     use crate::x86::{prefetch, PREFETCH_AHEAD};
-    let blocks = S24_ROWS * nb * std::mem::size_of::<BlockQ4S24>();
-    let at = r * nb;
-    prefetch(bp.wrapping_add(at) as *const u8, blocks, PREFETCH_AHEAD);
+    let (b, brow) = w.value_rows();
+    prefetch(b.wrapping_add(r * brow), S24_ROWS * brow, PREFETCH_AHEAD);
     // The scales plane moves 2 bytes per 22 of blocks.
+    let srow = 2 * nb;
     prefetch(
-        sp.wrapping_add(at) as *const u8,
-        S24_ROWS * nb * 2,
+        sp.wrapping_add(r * nb) as *const u8,
+        S24_ROWS * srow,
         PREFETCH_AHEAD / 8,
     );
 }
