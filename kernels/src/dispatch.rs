@@ -80,6 +80,19 @@ impl Isa {
         }
     }
 
+    /// A second part of the bound on f32-activation products, relative to
+    /// `Σ |w|·max|x|` over the row (each weight times the largest input of
+    /// its block of 32): the AVX-512 tier runs prompts on int8 dot
+    /// products, each block of activations split in two int8 parts, whose
+    /// error is at most `max|x| / (2·127·254)` per value (see
+    /// [`crate::x86::vnni`]); 0 on the other tiers.
+    pub const fn f32_block_tolerance(self) -> f64 {
+        match self {
+            Isa::Avx512 => 2e-5,
+            _ => 0.0,
+        }
+    }
+
     /// The best tier this CPU can run.
     pub fn best() -> Isa {
         Isa::available().pop().unwrap_or(Isa::Scalar)
@@ -115,11 +128,19 @@ pub type MatmulF32ColsFn =
 pub struct ColsKernel {
     /// Fewest tokens it pays for itself at.
     pub min_tokens: usize,
+    /// Whether it takes these weights (others run on
+    /// [`Kernels::matmul_f32`]).
+    pub takes: fn(w: &WeightsRef<'_>) -> bool,
     /// The kernel.
     pub f: MatmulF32ColsFn,
     /// Arranges the activations for the kernel over the whole pool, once
     /// per input, before the matrix's tasks start.
     pub prepare: fn(x: &F32Activations<'_>, pool: &crate::pool::Pool),
+}
+
+/// [`ColsKernel::takes`] for kernels that take every weight type.
+pub fn takes_any(_: &WeightsRef<'_>) -> bool {
+    true
 }
 
 /// Quantizes whole blocks of activations to int8 (see [`Kernels::quantize_q8`]).

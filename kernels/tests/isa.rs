@@ -153,6 +153,29 @@ fn abs_dot(w: &WeightsRef<'_>, wd: &[f32], xd: &[f32], r: usize, t: usize) -> f6
     }
 }
 
+/// The scale of the AVX-512 tier's second bound (its prompts split each
+/// block of activations in two int8 parts): `Σ|ŵ|·max|x|` over the row,
+/// each weight times the largest input of its block of 32.
+fn abs_block(wd: &[f32], xd: &[f32], cols: usize, r: usize, t: usize) -> f64 {
+    let x = &xd[t * cols..(t + 1) * cols];
+    let w = &wd[r * cols..(r + 1) * cols];
+    x.chunks(QK)
+        .zip(w.chunks(QK))
+        .map(|(xb, wb)| {
+            let amax = xb.iter().fold(0.0f64, |m, &v| m.max((v as f64).abs()));
+            wb.iter().map(|&v| (v as f64).abs()).sum::<f64>() * amax
+        })
+        .sum()
+}
+
+/// The bound on tier `isa`'s f32-activation product for row `r`, token
+/// `t` against the scalar tier's.
+fn f32_bound(isa: Isa, w: &WeightsRef<'_>, wd: &[f32], x: &[f32], r: usize, t: usize) -> f64 {
+    isa.f32_tolerance() * abs_dot(w, wd, x, r, t)
+        + isa.f32_block_tolerance() * abs_block(wd, x, w.cols(), r, t)
+        + 1e-30
+}
+
 fn check_matmuls(
     w: &WeightsRef<'_>,
     x: &[f32],
@@ -172,7 +195,7 @@ fn check_matmuls(
         (k.matmul_f32)(w, r0..r1, &xa, &mut got);
         for i in 0..m * n {
             let (r, t) = (r0 + i / n, i % n);
-            let bound = k.isa.f32_tolerance() * abs_dot(w, &wd, x, r, t) + 1e-30;
+            let bound = f32_bound(k.isa, w, &wd, x, r, t);
             prop_assert!(
                 ((got[i] - want[i]) as f64).abs() <= bound,
                 "{} {} f32: r {r} t {t}: {} vs {}",
@@ -330,8 +353,7 @@ fn pooled_matmul_matches_scalar_for_model_shapes() {
                         let tol = 1e-5 * abs_dot(&w, &wd, &xd, r, t) + 1e-30;
                         let diff = (got[i] - want[i]).abs() as f64;
                         assert!(diff <= tol, "{} {ty} int8 {i}: {diff} > {tol}", k.isa);
-                        let tol =
-                            (k.isa.f32_tolerance() * abs_dot(&w, &wd, &x, r, t)) as f32 + 1e-30;
+                        let tol = f32_bound(k.isa, &w, &wd, &x, r, t) as f32;
                         assert!(
                             (got_f[i] - want_f[i]).abs() <= tol,
                             "{} {ty} f32 {i}",

@@ -716,7 +716,12 @@ impl<'a> WeightsRef<'a> {
         let n = x.n();
         assert_eq!(out.len(), n * self.rows, "matmul: out is not (n, rows)");
         match k.matmul_f32_cols {
-            Some(c) if n >= c.min_tokens && self.cols.is_multiple_of(QK) && self.rows > 0 => {
+            Some(c)
+                if n >= c.min_tokens
+                    && self.cols.is_multiple_of(QK)
+                    && self.rows > 0
+                    && (c.takes)(self) =>
+            {
                 // Two column blocks per thread: each task reads all of x,
                 // so fewer, larger tasks.
                 let per = self

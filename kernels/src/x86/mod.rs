@@ -36,6 +36,7 @@ pub mod avx2;
 // The AVX-512 intrinsics are stable since Rust 1.89, the workspace's
 // minimum.
 pub mod avx512;
+pub mod vnni;
 
 /// AVX2, FMA and F16C (Haswell and later, Zen 1 and later).
 pub fn avx2_available() -> bool {
@@ -114,8 +115,13 @@ pub static AVX512: Kernels = Kernels {
     matmul_q4m_q8: avx512::matmul_q4m_q8,
     matmul_q4s24_q8: Some(crate::quant::sparse::x86::matmul_q4s24_q8),
     prepare_q8: avx512::prepare_q8,
-    matmul_f32: avx512::matmul_f32_entry,
-    matmul_f32_cols: None,
+    matmul_f32: vnni::matmul_f32_entry,
+    matmul_f32_cols: Some(crate::dispatch::ColsKernel {
+        min_tokens: vnni::MIN_TOKENS,
+        takes: vnni::takes,
+        f: vnni::matmul_f32_cols,
+        prepare: vnni::prepare_f32,
+    }),
     dot: avx512::dot,
     axpy: avx512::axpy,
     softmax: avx512::softmax,
@@ -136,6 +142,7 @@ pub static AMX: Kernels = Kernels {
     matmul_f32: amx::matmul_f32_entry,
     matmul_f32_cols: Some(crate::dispatch::ColsKernel {
         min_tokens: amx::MIN_TOKENS,
+        takes: crate::dispatch::takes_any,
         f: amx::matmul_f32_cols,
         prepare: amx::prepare_f32,
     }),

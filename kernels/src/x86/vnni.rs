@@ -1,0 +1,523 @@
+//! AVX-512 VNNI prompt kernel: q4 and q8 weights × f32 activations on the
+//! int8 dot-product instruction, for CPUs without AMX (AMD Zen 4, Intel Ice
+//! Lake).
+//!
+//! `vpdpbusd` does 64 int8 multiply-adds per instruction, and recent cores
+//! issue two per cycle: four times the f32 FMA rate. To keep prompts at
+//! f32 accuracy, each block of 32 activations is split in two int8 parts,
+//! `x ≈ d·q_hi + (d/254)·q_lo` with `d = max|x| / 127`: what the first part
+//! leaves is at most `d/2`, so the second part stays within ±127, and the
+//! error is at most `max|x| / (2·127·254)`, about 1.6e-5 of the block's
+//! largest value ([`crate::dispatch::Isa::f32_block_tolerance`]). Both parts
+//! run through the same integer loop, as two blocks with their own scales:
+//! twice the int8 work, still half the f32 FMA work, and the weights are
+//! never turned into floats.
+//!
+//! Layout:
+//! - activations: per token and block, the 32 bytes of `q_hi` then the 32
+//!   of `q_lo`, and beside them both parts' scales and accumulator starts
+//!   (below). Built once per input ([`F32Activations::layout`]).
+//! - weights: per group of 32 rows, block and step of 4 columns, the 32
+//!   rows' 4 bytes as unsigned bytes (`vpdpbusd` multiplies unsigned by
+//!   signed bytes): q4 nibbles `n` for the value `n − 8`, q8 `w + 128`. The
+//!   offset is taken off by starting each block's accumulator at
+//!   `−8·Σq` or `−128·Σq` (computed with the activations), exactly, in
+//!   integers. Packed per pool task, so the file keeps its layout and the
+//!   cost is spread over every token of the prompt.
+//! - products: the lanes of a register are 16 weight rows of one token,
+//!   stored straight into `out (n, rows)`: nothing is transposed.
+
+// Index loops over small register arrays read closest to the math here.
+#![allow(clippy::needless_range_loop)]
+
+use crate::pool::{Columns, Pool};
+use crate::quant::{F32Activations, Planes, WeightsRef, QK};
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+use std::ops::Range;
+
+/// From this many tokens packing the weights pays for itself; below it
+/// the AVX-512 f32 kernels run.
+pub(crate) const MIN_TOKENS: usize = 8;
+
+/// The [`F32Activations::layout`] slot of the split activations (the AMX
+/// tier's tiles use slot 0).
+const SLOT: usize = 1;
+
+/// Weight rows per group: two registers of 16 lanes.
+const ROWS: usize = 32;
+
+/// Tokens per tile: 6 tokens × 2 registers of integer sums and as many f32
+/// sums, the two weight registers and two of scales fill 28 of the 32
+/// registers.
+const TOKENS: usize = 6;
+
+/// Steps of 4 columns per block.
+const STEPS: usize = QK / 4;
+
+/// One token's block, split: both parts' 32 bytes as the dwords that
+/// `vpdpbusd` broadcasts (`q_hi` in 0..8, `q_lo` in 8..16), the parts'
+/// scales `d` and `d/254`, and the accumulator starts `−8·Σq` (q4
+/// weights) and `−128·Σq` (q8) per part.
+#[derive(Clone, Copy, Default, Debug)]
+#[repr(C)]
+struct XBlock {
+    q: [i32; 16],
+    d: [f32; 2],
+    start: [[i32; 2]; 2],
+}
+
+/// Which weights the kernel takes: q4 and q8.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wt {
+    Q4 = 0,
+    Q8 = 1,
+}
+
+fn weight_type(w: &WeightsRef<'_>) -> Option<Wt> {
+    match w.planes() {
+        Planes::Q4 { .. } => Some(Wt::Q4),
+        Planes::Q8 { .. } => Some(Wt::Q8),
+        _ => None,
+    }
+}
+
+/// Whether the kernel takes `w` (q4 and q8 weights; the other types run
+/// on the AVX-512 f32 kernels).
+pub(crate) fn takes(w: &WeightsRef<'_>) -> bool {
+    weight_type(w).is_some()
+}
+
+/// One block of 32 activations as two int8 parts, their scales and
+/// accumulator starts: the reference of [`split_block_512`], and what it
+/// falls back to for a block with a NaN or an infinity (which make both
+/// scales NaN, so that it reaches the products as on the other tiers).
+fn split_block(xb: &[f32], m: &mut XBlock) {
+    let amax = xb.iter().fold(0.0f32, |a, v| {
+        if v.is_nan() || a.is_nan() {
+            f32::NAN
+        } else {
+            a.max(v.abs())
+        }
+    });
+    let d1 = amax / 127.0;
+    let d2 = d1 / 254.0;
+    let id1 = if d1 > 0.0 { 1.0 / d1 } else { 0.0 };
+    let id2 = if d2 > 0.0 { 1.0 / d2 } else { 0.0 };
+    let mut hi = [0i8; QK];
+    let mut lo = [0i8; QK];
+    for i in 0..QK {
+        let v = xb[i];
+        // `as` saturates and maps NaN to 0; the NaN scale carries it.
+        let q1 = (v * id1).round_ties_even().clamp(-127.0, 127.0);
+        let rest = (-d1).mul_add(q1, v);
+        hi[i] = q1 as i8;
+        lo[i] = (rest * id2).round_ties_even().clamp(-127.0, 127.0) as i8;
+    }
+    for s in 0..STEPS {
+        m.q[s] = i32::from_le_bytes(std::array::from_fn(|j| hi[4 * s + j] as u8));
+        m.q[STEPS + s] = i32::from_le_bytes(std::array::from_fn(|j| lo[4 * s + j] as u8));
+    }
+    let s1: i32 = hi.iter().map(|&v| v as i32).sum();
+    let s2: i32 = lo.iter().map(|&v| v as i32).sum();
+    m.d = if amax.is_finite() {
+        [d1, d2]
+    } else {
+        [f32::NAN; 2]
+    };
+    m.start = [[-8 * s1, -8 * s2], [-128 * s1, -128 * s2]];
+}
+
+/// [`split_block`] on 512-bit registers, the same bits: the same
+/// operations in the same order (multiply, round to nearest even, clamp;
+/// the rest by one fused multiply-add), 16 values at a time.
+///
+/// # Safety
+/// AVX-512 F/BW/VL present.
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
+unsafe fn split_block_512(xb: &[f32; QK], m: &mut XBlock) {
+    let v = [
+        _mm512_loadu_ps(xb.as_ptr()),
+        _mm512_loadu_ps(xb.as_ptr().add(16)),
+    ];
+    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v[0], v[0])
+        | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v[1], v[1]);
+    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
+    if nan != 0 || !amax.is_finite() {
+        return split_block(xb, m);
+    }
+    let d1 = amax / 127.0;
+    let d2 = d1 / 254.0;
+    let id1 = _mm512_set1_ps(if d1 > 0.0 { 1.0 / d1 } else { 0.0 });
+    let id2 = _mm512_set1_ps(if d2 > 0.0 { 1.0 / d2 } else { 0.0 });
+    let (lo_q, hi_q) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+    let round_clamp = |y: __m512| {
+        let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y);
+        _mm512_min_ps(_mm512_max_ps(r, lo_q), hi_q)
+    };
+    let mut sums = [_mm512_setzero_si512(); 2];
+    for h in 0..2 {
+        let q1 = round_clamp(_mm512_mul_ps(v[h], id1));
+        let rest = _mm512_fnmadd_ps(_mm512_set1_ps(d1), q1, v[h]);
+        let q2 = round_clamp(_mm512_mul_ps(rest, id2));
+        let (i1, i2) = (_mm512_cvtps_epi32(q1), _mm512_cvtps_epi32(q2));
+        sums[0] = _mm512_add_epi32(sums[0], i1);
+        sums[1] = _mm512_add_epi32(sums[1], i2);
+        // 16 values as 16 bytes: dwords 4h.. of each part.
+        let dst = m.q.as_mut_ptr();
+        _mm_storeu_si128(dst.add(4 * h) as *mut __m128i, _mm512_cvtepi32_epi8(i1));
+        _mm_storeu_si128(
+            dst.add(STEPS + 4 * h) as *mut __m128i,
+            _mm512_cvtepi32_epi8(i2),
+        );
+    }
+    let (s1, s2) = (
+        _mm512_reduce_add_epi32(sums[0]),
+        _mm512_reduce_add_epi32(sums[1]),
+    );
+    m.d = [d1, d2];
+    m.start = [[-8 * s1, -8 * s2], [-128 * s1, -128 * s2]];
+}
+
+/// Tokens `first..` of `x` split into `part` (whole tokens).
+///
+/// # Safety
+/// AVX-512 F/BW/VL present.
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
+unsafe fn split_tokens(x: &F32Activations<'_>, first: usize, part: &mut [XBlock]) {
+    let data = &x.data()[first * x.cols()..];
+    for (xb, m) in data.chunks_exact(QK).zip(part) {
+        let xb: &[f32; QK] = xb.try_into().expect("chunks of QK");
+        split_block_512(xb, m);
+    }
+}
+
+/// The split activations of `x`, `(n, nb)` blocks, tokens spread over
+/// `pool` (one matrix's input is split once, before its tasks start, so
+/// one thread splitting while the others wait would cost a whole pass).
+fn split_activations(x: &F32Activations<'_>, pool: &Pool) -> Vec<XBlock> {
+    let nb = x.cols() / QK;
+    let mut blocks = vec![XBlock::default(); x.n() * nb];
+    let tokens = x.n().div_ceil(pool.threads().max(1)).max(1);
+    pool.for_chunks(&mut blocks, tokens * nb.max(1), &|i, part| {
+        // SAFETY: only reached from the AVX-512 table's entries, handed out
+        // after `avx512_available()`; `part` holds whole tokens from token
+        // `i · tokens` on.
+        unsafe { split_tokens(x, i * tokens, part) }
+    });
+    blocks
+}
+
+/// The table's `prepare` entry: splits `x` over `pool` before the
+/// matrix's tasks start (they find it in the layout cache).
+pub(crate) fn prepare_f32(x: &F32Activations<'_>, pool: &Pool) {
+    x.layout(SLOT, || split_activations(x, pool));
+}
+
+/// 64 bytes, aligned to a cache line: 16 rows' 4 bytes.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Line([u32; 16]);
+
+const _: () = assert!(std::mem::size_of::<Line>() == 64);
+
+/// A task's packed weights: per group, block and step two [`Line`]s
+/// (rows 0–15, 16–31), and per group and block 32 f32 scales.
+#[derive(Default)]
+struct Packed {
+    lines: Vec<Line>,
+    scales: Vec<f32>,
+}
+
+thread_local! {
+    /// A task's packed weights, kept between tasks so that a prompt does
+    /// not allocate (and fault in) them per task.
+    static PACKED: RefCell<Packed> = RefCell::new(Packed::default());
+}
+
+/// Weight rows `rows` of `w` into `p` (groups of 32, zero rows with zero
+/// scales past the end).
+fn pack_weights(w: &WeightsRef<'_>, rows: Range<usize>, p: &mut Packed) {
+    let nb = w.cols() / QK;
+    let groups = rows.len().div_ceil(ROWS);
+    p.lines.clear();
+    p.lines.resize(groups * nb * STEPS * 2, Line::default());
+    p.scales.clear();
+    p.scales.resize(groups * nb * ROWS, 0.0);
+    // Row `i` of the task: group i / 32, register (i % 32) / 16, lane i % 16.
+    let at = |i: usize, b: usize, s: usize| {
+        let (g, ri) = (i / ROWS, i % ROWS);
+        (((g * nb + b) * STEPS + s) * 2 + ri / 16, ri % 16)
+    };
+    let scale_at = |i: usize, b: usize| ((i / ROWS) * nb + b) * ROWS + i % ROWS;
+    let word = |q: &[u8]| u32::from_le_bytes([q[0], q[1], q[2], q[3]]);
+    match w.planes() {
+        Planes::Q4 { quants, scales } => {
+            for (i, r) in rows.enumerate() {
+                for b in 0..nb {
+                    let qs = &quants[r * nb + b].qs;
+                    for k in 0..4 {
+                        // Byte j holds element j (low nibble) and j + 16.
+                        let v = word(&qs[4 * k..]);
+                        let (l, lane) = at(i, b, k);
+                        p.lines[l].0[lane] = v & 0x0F0F_0F0F;
+                        let (l, lane) = at(i, b, k + 4);
+                        p.lines[l].0[lane] = (v >> 4) & 0x0F0F_0F0F;
+                    }
+                    p.scales[scale_at(i, b)] = scales[r * nb + b].to_f32();
+                }
+            }
+        }
+        Planes::Q8 { quants, scales } => {
+            for (i, r) in rows.enumerate() {
+                for b in 0..nb {
+                    let qs: &[u8; QK] = bytemuck::cast_ref(&quants[r * nb + b].qs);
+                    for s in 0..STEPS {
+                        // w + 128 as an unsigned byte: the sign bit flipped.
+                        let (l, lane) = at(i, b, s);
+                        p.lines[l].0[lane] = word(&qs[4 * s..]) ^ 0x8080_8080;
+                    }
+                    p.scales[scale_at(i, b)] = scales[r * nb + b].to_f32();
+                }
+            }
+        }
+        _ => unreachable!("pack_weights: the kernel takes q4 and q8 only"),
+    }
+}
+
+/// One tile: the group's 32 rows × tokens `t0..t0 + T`, over all blocks,
+/// stored into view columns `c0..c0 + valid` of `out`.
+///
+/// # Safety
+/// AVX-512 F/BW/VNNI present; `lines`/`scales` hold the group's `nb`
+/// blocks; `split` holds tokens `t0..t0 + T`, `nb` blocks each.
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const T: usize>(
+    lines: &[Line],
+    scales: &[f32],
+    split: &[XBlock],
+    nb: usize,
+    wt: Wt,
+    t0: usize,
+    out: &mut Columns<'_>,
+    c0: usize,
+    valid: usize,
+) {
+    debug_assert!(lines.len() >= nb * STEPS * 2 && scales.len() >= nb * ROWS);
+    debug_assert!(split.len() >= (t0 + T) * nb);
+    let x = split.as_ptr().add(t0 * nb);
+    let wl = lines.as_ptr();
+    let ws = scales.as_ptr();
+    let ty = wt as usize;
+    let mut f = [[_mm512_setzero_ps(); 2]; T];
+    for b in 0..nb {
+        let dw = [
+            _mm512_loadu_ps(ws.add(b * ROWS)),
+            _mm512_loadu_ps(ws.add(b * ROWS + 16)),
+        ];
+        for part in 0..2 {
+            let mut acc = [[_mm512_setzero_si512(); 2]; T];
+            for t in 0..T {
+                let s = _mm512_set1_epi32((*x.add(t * nb + b)).start[ty][part]);
+                acc[t] = [s, s];
+            }
+            for s in 0..STEPS {
+                let l = wl.add((b * STEPS + s) * 2) as *const __m512i;
+                let w0 = _mm512_load_si512(l);
+                let w1 = _mm512_load_si512(l.add(1));
+                for t in 0..T {
+                    let xv = _mm512_set1_epi32((*x.add(t * nb + b)).q[part * STEPS + s]);
+                    acc[t][0] = _mm512_dpbusd_epi32(acc[t][0], w0, xv);
+                    acc[t][1] = _mm512_dpbusd_epi32(acc[t][1], w1, xv);
+                }
+            }
+            for t in 0..T {
+                let dx = _mm512_set1_ps((*x.add(t * nb + b)).d[part]);
+                for h in 0..2 {
+                    let v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[t][h]), dx);
+                    f[t][h] = _mm512_fmadd_ps(v, dw[h], f[t][h]);
+                }
+            }
+        }
+    }
+    for t in 0..T {
+        let row = &mut out.row_mut(t0 + t)[c0..c0 + valid];
+        for h in 0..2 {
+            let lanes = valid.saturating_sub(16 * h).min(16);
+            if lanes == 0 {
+                break;
+            }
+            // Lanes past `valid` are padding rows, not stored; the mask
+            // keeps the store inside `row`.
+            let mask: __mmask16 = ((1u32 << lanes) - 1) as __mmask16;
+            _mm512_mask_storeu_ps(row.as_mut_ptr().add(16 * h), mask, f[t][h]);
+        }
+    }
+}
+
+/// Weight rows `rows` × all tokens of `x` into `out`, whose columns stand
+/// for those rows.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI present.
+unsafe fn matmul(
+    w: &WeightsRef<'_>,
+    wt: Wt,
+    rows: Range<usize>,
+    x: &F32Activations<'_>,
+    mut out: Columns<'_>,
+) {
+    let n = x.n();
+    let nb = w.cols() / QK;
+    assert_eq!(rows.len(), out.cols().len(), "matmul: view and rows differ");
+    // Split by `prepare_f32` unless called outside the table's entries.
+    let split = x.layout(SLOT, || split_activations(x, &Pool::new(1)));
+    assert_eq!(split.len(), n * nb, "matmul: split activations");
+    PACKED.with(|p| {
+        let p = &mut *p.borrow_mut();
+        pack_weights(w, rows.clone(), p);
+        for g in 0..rows.len().div_ceil(ROWS) {
+            let lines = &p.lines[g * nb * STEPS * 2..][..nb * STEPS * 2];
+            let scales = &p.scales[g * nb * ROWS..][..nb * ROWS];
+            let c0 = g * ROWS;
+            let valid = (rows.len() - c0).min(ROWS);
+            let mut t0 = 0;
+            while t0 < n {
+                let left = n - t0;
+                match left.min(TOKENS) {
+                    6 => tile::<6>(lines, scales, split, nb, wt, t0, &mut out, c0, valid),
+                    5 => tile::<5>(lines, scales, split, nb, wt, t0, &mut out, c0, valid),
+                    4 => tile::<4>(lines, scales, split, nb, wt, t0, &mut out, c0, valid),
+                    3 => tile::<3>(lines, scales, split, nb, wt, t0, &mut out, c0, valid),
+                    2 => tile::<2>(lines, scales, split, nb, wt, t0, &mut out, c0, valid),
+                    _ => tile::<1>(lines, scales, split, nb, wt, t0, &mut out, c0, valid),
+                }
+                t0 += left.min(TOKENS);
+            }
+        }
+    });
+}
+
+/// The table's in-place entry (see [`crate::dispatch::ColsKernel`]): q4
+/// and q8 weights on the split int8 kernel, anything else on the AVX-512
+/// f32 kernels through a transpose.
+pub(crate) fn matmul_f32_cols(w: &WeightsRef<'_>, x: &F32Activations<'_>, mut out: Columns<'_>) {
+    assert!(out.cols().end <= w.rows(), "matmul: rows out of range");
+    assert_eq!(out.n(), x.n(), "matmul: out has other tokens than x");
+    assert_eq!(x.cols(), w.cols(), "matmul: x is not (n, cols)");
+    match weight_type(w) {
+        Some(wt) if w.cols().is_multiple_of(QK) => {
+            // SAFETY: only reachable through `crate::x86::AVX512` (and the
+            // tables built on it), handed out after `avx512_available()`:
+            // AVX-512 F/BW/VL and VNNI present. Shapes are checked above;
+            // stores go through `Columns::row_mut`'s bounds.
+            unsafe { matmul(w, wt, out.cols(), x, out) }
+        }
+        _ => {
+            let (n, m) = (x.n(), out.cols().len());
+            let mut tmp = vec![0.0f32; m * n];
+            super::avx512::matmul_f32_entry(w, out.cols(), x, &mut tmp);
+            for t in 0..n {
+                for (c, v) in out.row_mut(t).iter_mut().enumerate() {
+                    *v = tmp[c * n + t];
+                }
+            }
+        }
+    }
+}
+
+/// The table's `(rows, n)` entry: the split int8 kernel into a
+/// token-major buffer, transposed, for q4 and q8 weights from
+/// [`MIN_TOKENS`] tokens on; the AVX-512 f32 kernels otherwise.
+pub(crate) fn matmul_f32_entry(
+    w: &WeightsRef<'_>,
+    rows: Range<usize>,
+    x: &F32Activations<'_>,
+    out: &mut [f32],
+) {
+    let n = x.n();
+    let wt = match weight_type(w) {
+        Some(wt) if n >= MIN_TOKENS && w.cols().is_multiple_of(QK) && !rows.is_empty() => wt,
+        _ => return super::avx512::matmul_f32_entry(w, rows, x, out),
+    };
+    assert!(rows.end <= w.rows(), "matmul: rows out of range");
+    assert_eq!(x.cols(), w.cols(), "matmul: x is not (n, cols)");
+    assert_eq!(out.len(), rows.len() * n, "matmul: out is not (rows, n)");
+    let m = rows.len();
+    let mut tmp = vec![0.0f32; n * m];
+    // SAFETY: as in matmul_f32_cols; the view covers all of `tmp`.
+    unsafe { matmul(w, wt, rows, x, Columns::new(&mut tmp, n, m, 0..m)) };
+    for (r, o) in out.chunks_exact_mut(n).enumerate() {
+        for (t, v) in o.iter_mut().enumerate() {
+            *v = tmp[t * m + r];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn block(seed: u64, scale: f32, zeros: bool) -> [f32; QK] {
+        let mut s = seed | 1;
+        std::array::from_fn(|i| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let u = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            if zeros && i % 3 == 0 {
+                0.0
+            } else {
+                u * scale
+            }
+        })
+    }
+
+    proptest! {
+        /// The 512-bit split gives the reference's bits, and both parts
+        /// together are within `max|x| / (2·127·254)` of every value.
+        #[test]
+        fn split_matches_reference_and_bound(
+            seed in any::<u64>(),
+            exp in -30i32..30,
+            zeros in any::<bool>(),
+        ) {
+            if !crate::x86::avx512_available() {
+                return Ok(());
+            }
+            let xb = block(seed, 2f32.powi(exp), zeros);
+            let (mut a, mut b) = (XBlock::default(), XBlock::default());
+            split_block(&xb, &mut a);
+            // SAFETY: AVX-512 checked above.
+            unsafe { split_block_512(&xb, &mut b) };
+            prop_assert_eq!(a.q, b.q);
+            prop_assert_eq!(a.d.map(f32::to_bits), b.d.map(f32::to_bits));
+            prop_assert_eq!(a.start, b.start);
+            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+            let bytes: &[i8; 64] = bytemuck::cast_ref(&a.q);
+            for (i, &v) in xb.iter().enumerate() {
+                let y = a.d[0] as f64 * bytes[i] as f64 + a.d[1] as f64 * bytes[32 + i] as f64;
+                let bound = amax / (2.0 * 127.0 * 254.0) * 1.01;
+                prop_assert!((y - v as f64).abs() <= bound, "{i}: {y} vs {v}");
+            }
+        }
+    }
+
+    /// NaN and infinity take the reference path: NaN scales.
+    #[test]
+    fn non_finite_blocks_get_nan_scales() {
+        if !crate::x86::avx512_available() {
+            return;
+        }
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut xb = block(3, 1.0, false);
+            xb[17] = bad;
+            let mut m = XBlock::default();
+            // SAFETY: AVX-512 checked above.
+            unsafe { split_block_512(&xb, &mut m) };
+            assert!(m.d[0].is_nan() && m.d[1].is_nan(), "{bad}");
+        }
+    }
+}
