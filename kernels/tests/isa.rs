@@ -13,7 +13,7 @@
 
 use half::f16;
 use microllm_kernels::dispatch::{Isa, Kernels, SCALAR};
-use microllm_kernels::pool::Pool;
+use microllm_kernels::pool::{Columns, Pool};
 use microllm_kernels::quant::{
     BlockQ8, F32Activations, Planes, Q8Activations, QuantizedWeights, TensorType, WeightsRef, QK,
 };
@@ -274,6 +274,65 @@ proptest! {
             WeightsRef::new(rows, cols, Planes::F32(&w)).unwrap()
         };
         check_matmuls(&wr, &x, n, 0, rows)?;
+    }
+
+    /// The in-place prompt kernels (AMX tiles; the AVX-512 tier's split
+    /// int8 kernel for q4/q8 and f32 panel for the rest) on every weight
+    /// type, on a window of columns of a wider output, with enough
+    /// columns for several passes over a panel and tokens for whole and
+    /// partial tiles.
+    #[test]
+    fn in_place_prompt_kernels_match_scalar(
+        ty in prop::sample::select(vec![
+            TensorType::F32, TensorType::F16, TensorType::Q8, TensorType::Q4, TensorType::Q4m,
+        ]),
+        rows in 1usize..80,
+        blocks in 1usize..20,
+        n in 1usize..40,
+        cut in (0.0f64..1.0, 0.0f64..1.0),
+        seed in any::<u64>(),
+    ) {
+        let cols = blocks * QK;
+        let w0: Vec<f32> = values(seed, rows * cols, false).iter().map(|v| v * 0.1).collect();
+        let h: Vec<f16> = w0.iter().map(|&v| f16::from_f32(v)).collect();
+        let q = QuantizedWeights::quantize(ty, &w0, rows, cols).ok();
+        let w = match ty {
+            TensorType::F32 => WeightsRef::new(rows, cols, Planes::F32(&w0)).unwrap(),
+            TensorType::F16 => WeightsRef::new(rows, cols, Planes::F16(&h)).unwrap(),
+            _ => q.as_ref().unwrap().as_ref(),
+        };
+        let wd = w.dequantize();
+        let x = values(seed ^ 0x55, n * cols, false);
+        let (a, b) = ((cut.0 * rows as f64) as usize, (cut.1 * rows as f64) as usize);
+        let (r0, r1) = (a.min(b).min(rows - 1), a.max(b).max(a.min(b) + 1).min(rows));
+        let pool = Pool::new(1);
+        let mut want = vec![f32::NAN; (r1 - r0) * n];
+        (SCALAR.matmul_f32)(&w, r0..r1, &F32Activations::new(&x, n, cols), &mut want);
+        for k in tiers() {
+            let Some(c) = k.matmul_f32_cols else { continue };
+            if !(c.takes)(&w) {
+                continue;
+            }
+            let xa = F32Activations::new(&x, n, cols);
+            (c.prepare)(&xa, &pool);
+            let mut got = vec![f32::NAN; n * rows];
+            (c.f)(&w, &xa, Columns::new(&mut got, n, rows, r0..r1));
+            for t in 0..n {
+                for r in 0..rows {
+                    let v = got[t * rows + r];
+                    if !(r0..r1).contains(&r) {
+                        prop_assert!(v.is_nan(), "{} {ty}: wrote outside the view", k.isa);
+                        continue;
+                    }
+                    let bound = f32_bound(k.isa, &w, &wd, &x, r, t);
+                    let e = want[(r - r0) * n + t];
+                    prop_assert!(
+                        ((v - e) as f64).abs() <= bound,
+                        "{} {ty}: r {r} t {t}: {v} vs {e}", k.isa
+                    );
+                }
+            }
+        }
     }
 
     #[test]

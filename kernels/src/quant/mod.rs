@@ -722,12 +722,12 @@ impl<'a> WeightsRef<'a> {
                     && self.rows > 0
                     && (c.takes)(self) =>
             {
-                // Two column blocks per thread: each task reads all of x,
-                // so fewer, larger tasks.
-                let per = self
-                    .rows
-                    .div_ceil(2 * pool.threads().max(1))
-                    .next_multiple_of(16);
+                // One column block per thread: each task reads all of x,
+                // so few, large tasks; in whole groups of 32 rows, what
+                // the kernels take at a time (a part-filled group costs a
+                // whole one).
+                let groups = self.rows.div_ceil(32);
+                let per = groups.div_ceil(pool.threads().max(1)) * 32;
                 (c.prepare)(x, pool);
                 pool.for_column_blocks(out, n, self.rows, per, &|_, o| (c.f)(self, x, o));
             }

@@ -37,7 +37,7 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::ops::Range;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 /// From this many tokens the tile kernel pays for arranging the weights;
 /// below it the AVX-512 kernels run.
@@ -111,33 +111,13 @@ struct Tiles {
     steps: usize,
 }
 
-/// Activation tile buffers given back by dropped [`Tiles`]: a prompt
-/// packs several inputs per layer, and a fresh buffer each time would be
-/// zeroed and faulted in again by one thread.
-static FREE_LINES: Mutex<Vec<Vec<Line>>> = Mutex::new(Vec::new());
+/// Activation tile buffers given back by dropped [`Tiles`].
+static FREE_LINES: super::Recycler<Line> = super::Recycler::new();
 
 impl Drop for Tiles {
     fn drop(&mut self) {
-        let lines = std::mem::take(&mut self.lines);
-        if lines.capacity() > 0 {
-            let mut free = FREE_LINES.lock().unwrap_or_else(|e| e.into_inner());
-            if free.len() < 4 {
-                free.push(lines);
-            }
-        }
+        FREE_LINES.give(std::mem::take(&mut self.lines));
     }
-}
-
-/// `len` lines of a buffer given back earlier (the largest), else a new
-/// one; the caller overwrites every line.
-fn recycled_lines(len: usize) -> Vec<Line> {
-    let mut lines = {
-        let mut free = FREE_LINES.lock().unwrap_or_else(|e| e.into_inner());
-        let best = (0..free.len()).max_by_key(|&i| free[i].capacity());
-        best.map(|i| free.swap_remove(i)).unwrap_or_default()
-    };
-    lines.resize(len, Line::default());
-    lines
 }
 
 impl Tiles {
@@ -277,7 +257,7 @@ fn pack_activations(x: &F32Activations<'_>, pool: &Pool) -> Tiles {
     let steps = cols / STEP;
     let per_tile = steps * 2 * TILE;
     let ttiles = n.div_ceil(TILE);
-    let mut lines = recycled_lines(ttiles * per_tile);
+    let mut lines = FREE_LINES.take(ttiles * per_tile);
     let tiles_per_task = ttiles.div_ceil(pool.threads().max(1));
     pool.for_chunks(&mut lines, tiles_per_task * per_tile, &|i, part| {
         // SAFETY: only reached from the AMX table's entries, handed out

@@ -9,6 +9,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::avx2;
+use crate::pool::Columns;
 use crate::quant::{BlockQ8, F32Activations, Planes, Q8Activations, WeightsRef};
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -627,5 +628,143 @@ unsafe fn f32_prefill(
             }
         }
         i += rt;
+    }
+}
+
+/// Weight rows per panel: two registers of 16 lanes.
+const PANEL_ROWS: usize = 32;
+
+/// Columns per pass over a panel: 256 columns of 32 rows (32 KiB) stay in
+/// L1 while every token passes over them.
+const PANEL_COLS: usize = 256;
+
+/// Tokens per tile: 12 tokens × 2 registers of sums, with the two weight
+/// registers, fill 26 of the 32 registers.
+const PANEL_TOKENS: usize = 12;
+
+thread_local! {
+    /// A task's panel (32 dequantized rows, transposed) and one
+    /// dequantized row, kept between tasks so that a prompt does not
+    /// allocate (and fault in) them per task.
+    static PANEL: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Prompts written in place, any weights × f32 activations (see
+/// [`crate::dispatch::ColsKernel`]): rows dequantized 32 at a time into a
+/// transposed panel, then per column one load of the 32 rows and one
+/// broadcast FMA per token, each register 16 weight rows of one token's
+/// output row. No transpose afterwards, and the FMAs need nothing else.
+pub(crate) fn matmul_f32_cols(w: &WeightsRef<'_>, x: &F32Activations<'_>, out: Columns<'_>) {
+    assert!(out.cols().end <= w.rows(), "matmul: rows out of range");
+    assert_eq!(out.n(), x.n(), "matmul: out has other tokens than x");
+    assert_eq!(x.cols(), w.cols(), "matmul: x is not (n, cols)");
+    // SAFETY: only reachable through `crate::x86::AVX512` (and the tables
+    // built on it), handed out after `avx512_available()`. Shapes are
+    // checked above; stores go through `Columns::row_mut`'s bounds.
+    unsafe { f32_cols(w, x, out) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn f32_cols(w: &WeightsRef<'_>, x: &F32Activations<'_>, mut out: Columns<'_>) {
+    let (n, cols) = (x.n(), w.cols());
+    let rows = out.cols();
+    PANEL.with(|p| {
+        let (panel, row) = &mut *p.borrow_mut();
+        row.resize(cols, 0.0);
+        panel.resize(cols * PANEL_ROWS, 0.0);
+        for g0 in (0..rows.len()).step_by(PANEL_ROWS) {
+            let valid = (rows.len() - g0).min(PANEL_ROWS);
+            for ri in 0..PANEL_ROWS {
+                if ri < valid {
+                    avx2::dequant_row(w, rows.start + g0 + ri, row);
+                } else {
+                    row.fill(0.0);
+                }
+                for (c, &v) in row.iter().enumerate() {
+                    panel[c * PANEL_ROWS + ri] = v;
+                }
+            }
+            for k0 in (0..cols).step_by(PANEL_COLS) {
+                let kc = (cols - k0).min(PANEL_COLS);
+                let pk = &panel[k0 * PANEL_ROWS..(k0 + kc) * PANEL_ROWS];
+                let mut t0 = 0;
+                while t0 < n {
+                    let tt = (n - t0).min(PANEL_TOKENS);
+                    let xs = &x.data()[t0 * cols + k0..];
+                    let (o, first) = (&mut out, k0 == 0);
+                    match tt {
+                        12 => panel_tile::<12>(pk, xs, cols, o, t0, g0, valid, first),
+                        11 => panel_tile::<11>(pk, xs, cols, o, t0, g0, valid, first),
+                        10 => panel_tile::<10>(pk, xs, cols, o, t0, g0, valid, first),
+                        9 => panel_tile::<9>(pk, xs, cols, o, t0, g0, valid, first),
+                        8 => panel_tile::<8>(pk, xs, cols, o, t0, g0, valid, first),
+                        7 => panel_tile::<7>(pk, xs, cols, o, t0, g0, valid, first),
+                        6 => panel_tile::<6>(pk, xs, cols, o, t0, g0, valid, first),
+                        5 => panel_tile::<5>(pk, xs, cols, o, t0, g0, valid, first),
+                        4 => panel_tile::<4>(pk, xs, cols, o, t0, g0, valid, first),
+                        3 => panel_tile::<3>(pk, xs, cols, o, t0, g0, valid, first),
+                        2 => panel_tile::<2>(pk, xs, cols, o, t0, g0, valid, first),
+                        _ => panel_tile::<1>(pk, xs, cols, o, t0, g0, valid, first),
+                    }
+                    t0 += tt;
+                }
+            }
+        }
+    });
+}
+
+/// Tokens `t0..t0 + T` × the panel's columns `pk` (32 rows each) into
+/// view columns `c0..c0 + valid`: started from 0 on the first pass
+/// (`first`), else from what earlier passes stored.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel_tile<const T: usize>(
+    pk: &[f32],
+    xs: &[f32],
+    cols: usize,
+    out: &mut Columns<'_>,
+    t0: usize,
+    c0: usize,
+    valid: usize,
+    first: bool,
+) {
+    let kc = pk.len() / PANEL_ROWS;
+    // Token T − 1's columns lie inside `xs`, so every load below does.
+    assert!(
+        xs.len() >= (T - 1) * cols + kc,
+        "panel: tokens out of range"
+    );
+    let masks: [__mmask16; 2] = std::array::from_fn(|h| {
+        let lanes = valid.saturating_sub(16 * h).min(16);
+        ((1u32 << lanes) - 1) as __mmask16
+    });
+    let mut acc = [[_mm512_setzero_ps(); 2]; T];
+    if !first {
+        for t in 0..T {
+            let row = out.row_mut(t0 + t)[c0..c0 + valid].as_ptr();
+            for h in 0..2 {
+                // A mask of 0 (no second register) reads nothing.
+                acc[t][h] = _mm512_maskz_loadu_ps(masks[h], row.wrapping_add(16 * h));
+            }
+        }
+    }
+    let (wp, xp) = (pk.as_ptr(), xs.as_ptr());
+    for c in 0..kc {
+        let w0 = _mm512_loadu_ps(wp.add(c * PANEL_ROWS));
+        let w1 = _mm512_loadu_ps(wp.add(c * PANEL_ROWS + 16));
+        for t in 0..T {
+            let xv = _mm512_set1_ps(*xp.add(t * cols + c));
+            acc[t][0] = _mm512_fmadd_ps(w0, xv, acc[t][0]);
+            acc[t][1] = _mm512_fmadd_ps(w1, xv, acc[t][1]);
+        }
+    }
+    for t in 0..T {
+        let row = out.row_mut(t0 + t)[c0..c0 + valid].as_mut_ptr();
+        for h in 0..2 {
+            // Lanes past `valid` are padding rows; the mask keeps the
+            // store inside the row's slice.
+            _mm512_mask_storeu_ps(row.wrapping_add(16 * h), masks[h], acc[t][h]);
+        }
     }
 }

@@ -89,6 +89,42 @@ pub(crate) fn prefetch(base: *const u8, len: usize, ahead: usize) {
     }
 }
 
+/// Buffers that dropped activation layouts give back, for the next input
+/// to reuse: a prompt arranges several inputs per layer, and a fresh
+/// buffer each time would be zeroed and faulted in again by one thread.
+pub(crate) struct Recycler<T>(std::sync::Mutex<Vec<Vec<T>>>);
+
+impl<T: Clone + Default> Recycler<T> {
+    /// Buffers kept at most.
+    const KEEP: usize = 4;
+
+    pub(crate) const fn new() -> Recycler<T> {
+        Recycler(std::sync::Mutex::new(Vec::new()))
+    }
+
+    /// `len` elements of the largest buffer given back, else a new one;
+    /// the caller overwrites every element.
+    pub(crate) fn take(&self, len: usize) -> Vec<T> {
+        let mut v = {
+            let mut free = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let best = (0..free.len()).max_by_key(|&i| free[i].capacity());
+            best.map(|i| free.swap_remove(i)).unwrap_or_default()
+        };
+        v.resize(len, T::default());
+        v
+    }
+
+    /// Keeps `v` for a later [`Recycler::take`].
+    pub(crate) fn give(&self, v: Vec<T>) {
+        if v.capacity() > 0 {
+            let mut free = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if free.len() < Self::KEEP {
+                free.push(v);
+            }
+        }
+    }
+}
+
 /// The AVX2 tier.
 pub static AVX2: Kernels = Kernels {
     isa: Isa::Avx2,
@@ -118,7 +154,7 @@ pub static AVX512: Kernels = Kernels {
     matmul_f32: vnni::matmul_f32_entry,
     matmul_f32_cols: Some(crate::dispatch::ColsKernel {
         min_tokens: vnni::MIN_TOKENS,
-        takes: vnni::takes,
+        takes: crate::dispatch::takes_any,
         f: vnni::matmul_f32_cols,
         prepare: vnni::prepare_f32,
     }),

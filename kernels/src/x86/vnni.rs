@@ -82,12 +82,6 @@ fn weight_type(w: &WeightsRef<'_>) -> Option<Wt> {
     }
 }
 
-/// Whether the kernel takes `w` (q4 and q8 weights; the other types run
-/// on the AVX-512 f32 kernels).
-pub(crate) fn takes(w: &WeightsRef<'_>) -> bool {
-    weight_type(w).is_some()
-}
-
 /// One block of 32 activations as two int8 parts, their scales and
 /// accumulator starts: the reference of [`split_block_512`], and what it
 /// falls back to for a block with a NaN or an infinity (which make both
@@ -195,9 +189,9 @@ unsafe fn split_tokens(x: &F32Activations<'_>, first: usize, part: &mut [XBlock]
 /// The split activations of `x`, `(n, nb)` blocks, tokens spread over
 /// `pool` (one matrix's input is split once, before its tasks start, so
 /// one thread splitting while the others wait would cost a whole pass).
-fn split_activations(x: &F32Activations<'_>, pool: &Pool) -> Vec<XBlock> {
+fn split_activations(x: &F32Activations<'_>, pool: &Pool) -> Split {
     let nb = x.cols() / QK;
-    let mut blocks = vec![XBlock::default(); x.n() * nb];
+    let mut blocks = FREE_BLOCKS.take(x.n() * nb);
     let tokens = x.n().div_ceil(pool.threads().max(1)).max(1);
     pool.for_chunks(&mut blocks, tokens * nb.max(1), &|i, part| {
         // SAFETY: only reached from the AVX-512 table's entries, handed out
@@ -205,7 +199,19 @@ fn split_activations(x: &F32Activations<'_>, pool: &Pool) -> Vec<XBlock> {
         // `i · tokens` on.
         unsafe { split_tokens(x, i * tokens, part) }
     });
-    blocks
+    Split(blocks)
+}
+
+/// Split activations, handed back to [`FREE_BLOCKS`] when dropped.
+struct Split(Vec<XBlock>);
+
+/// Buffers of dropped [`Split`]s.
+static FREE_BLOCKS: super::Recycler<XBlock> = super::Recycler::new();
+
+impl Drop for Split {
+    fn drop(&mut self) {
+        FREE_BLOCKS.give(std::mem::take(&mut self.0));
+    }
 }
 
 /// The table's `prepare` entry: splits `x` over `pool` before the
@@ -372,7 +378,7 @@ unsafe fn matmul(
     let nb = w.cols() / QK;
     assert_eq!(rows.len(), out.cols().len(), "matmul: view and rows differ");
     // Split by `prepare_f32` unless called outside the table's entries.
-    let split = x.layout(SLOT, || split_activations(x, &Pool::new(1)));
+    let split = &x.layout(SLOT, || split_activations(x, &Pool::new(1))).0;
     assert_eq!(split.len(), n * nb, "matmul: split activations");
     PACKED.with(|p| {
         let p = &mut *p.borrow_mut();
@@ -401,8 +407,8 @@ unsafe fn matmul(
 
 /// The table's in-place entry (see [`crate::dispatch::ColsKernel`]): q4
 /// and q8 weights on the split int8 kernel, anything else on the AVX-512
-/// f32 kernels through a transpose.
-pub(crate) fn matmul_f32_cols(w: &WeightsRef<'_>, x: &F32Activations<'_>, mut out: Columns<'_>) {
+/// f32 panel kernel.
+pub(crate) fn matmul_f32_cols(w: &WeightsRef<'_>, x: &F32Activations<'_>, out: Columns<'_>) {
     assert!(out.cols().end <= w.rows(), "matmul: rows out of range");
     assert_eq!(out.n(), x.n(), "matmul: out has other tokens than x");
     assert_eq!(x.cols(), w.cols(), "matmul: x is not (n, cols)");
@@ -414,16 +420,7 @@ pub(crate) fn matmul_f32_cols(w: &WeightsRef<'_>, x: &F32Activations<'_>, mut ou
             // stores go through `Columns::row_mut`'s bounds.
             unsafe { matmul(w, wt, out.cols(), x, out) }
         }
-        _ => {
-            let (n, m) = (x.n(), out.cols().len());
-            let mut tmp = vec![0.0f32; m * n];
-            super::avx512::matmul_f32_entry(w, out.cols(), x, &mut tmp);
-            for t in 0..n {
-                for (c, v) in out.row_mut(t).iter_mut().enumerate() {
-                    *v = tmp[c * n + t];
-                }
-            }
-        }
+        _ => super::avx512::matmul_f32_cols(w, x, out),
     }
 }
 
