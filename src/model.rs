@@ -851,19 +851,22 @@ impl Heads {
 /// From this many new tokens attention runs as matrix products.
 const PROMPT_ATTENTION_MIN_TOKENS: usize = 8;
 
+/// Queries per chunk of [`prompt_attention`].
+const PROMPT_ATTENTION_CHUNK: usize = 64;
+
 /// [`attention`] for a prompt: per key/value head, two matrix products on
 /// the kernels' matmul (the AMX tiles where there are some) instead of a
-/// dot product and an axpy per (query, position):
+/// dot product and an axpy per (query, position), per chunk of
+/// [`PROMPT_ATTENTION_CHUNK`] queries, which see only the positions up to
+/// their last one (causal: the chunks skip most of the masked triangle):
 ///
-/// - `scores (group·n, n_ctx) = Q_g · K_hᵀ`, the queries of the `group`
-///   heads that share the key head stacked as rows;
-/// - each row scaled, masked to its own past (causal) and softmaxed into
-///   `P (group·n, ctx)`, `ctx` = `n_ctx` padded to whole blocks of 32;
-/// - `O (group·n, head_dim) = P · V_h`, with `V_hᵀ (head_dim, ctx)` as the
-///   matrix.
-///
-/// The masked upper triangle is computed and thrown away: it costs less
-/// than splitting the products along the diagonal.
+/// - `scores (group·c, len) = Q_c · K_hᵀ`, the chunk's queries of the
+///   `group` heads that share the key head stacked as rows (token-major),
+///   `len` the positions its last query sees;
+/// - each row scaled, masked to its own past and softmaxed into
+///   `P (group·c, lc)`, `lc` = `len` padded to whole blocks of 32;
+/// - `O (group·c, head_dim) = P · V_h`, with the first `lc` columns of
+///   `V_hᵀ (head_dim, ctx)` as the matrix.
 #[allow(clippy::too_many_arguments)]
 fn prompt_attention(
     out: &mut [f32],
@@ -887,9 +890,11 @@ fn prompt_attention(
     let ctx = n_ctx.next_multiple_of(microllm_kernels::quant::QK);
     let pool = pool::global();
     let rows = group * n;
+    let chunk_rows = group * n.min(PROMPT_ATTENTION_CHUNK);
     let AttentionScratch {
         kh,
         vt,
+        vc,
         qg,
         scores,
         p,
@@ -900,9 +905,10 @@ fn prompt_attention(
     // every layer of one forward pass).
     kh.resize(n_ctx * hd, 0.0);
     vt.resize(hd * ctx, 0.0);
+    vc.resize(hd * ctx, 0.0);
     qg.resize(rows * hd, 0.0);
-    scores.resize(rows * n_ctx, 0.0);
-    p.resize(rows * ctx, 0.0);
+    scores.resize(chunk_rows * n_ctx, 0.0);
+    p.resize(chunk_rows * ctx, 0.0);
     o.resize(rows * hd, 0.0);
     for kvh in 0..cfg.n_kv_heads {
         for (pos, row) in kh.chunks_exact_mut(hd).enumerate() {
@@ -913,42 +919,59 @@ fn prompt_attention(
                 vt[d * ctx + pos] = v;
             }
         }
-        for g in 0..group {
-            let h = kvh * group + g;
-            for t in 0..n {
-                qg[(g * n + t) * hd..][..hd].copy_from_slice(&q[t * q_dim + h * hd..][..hd]);
+        // Row t·group + g: token t's query of head kvh·group + g.
+        for t in 0..n {
+            for g in 0..group {
+                let h = kvh * group + g;
+                qg[(t * group + g) * hd..][..hd].copy_from_slice(&q[t * q_dim + h * hd..][..hd]);
             }
         }
-        let k_mat = WeightsRef::new(n_ctx, hd, Planes::F32(kh)).expect("K_h is (n_ctx, hd)");
-        k_mat.matmul_with(kern, pool, scores, qg, rows);
-        // Row (g, t) sees positions 0..=pos0 + t; the rest of P stays 0.
-        pool.for_chunks(p, ctx, &|i, prow| {
-            let len = pos0 + i % n + 1;
-            let (live, masked) = prow.split_at_mut(len);
-            for (v, &sc) in live.iter_mut().zip(&scores[i * n_ctx..]) {
-                *v = sc * scale;
+        for t0 in (0..n).step_by(PROMPT_ATTENTION_CHUNK) {
+            let t1 = (t0 + PROMPT_ATTENTION_CHUNK).min(n);
+            let (r0, rc) = (t0 * group, (t1 - t0) * group);
+            let len = pos0 + t1;
+            let lc = len.next_multiple_of(microllm_kernels::quant::QK);
+            let k_mat =
+                WeightsRef::new(len, hd, Planes::F32(&kh[..len * hd])).expect("K_h is (len, hd)");
+            let sc = &mut scores[..rc * len];
+            k_mat.matmul_with(kern, pool, sc, &qg[r0 * hd..(r0 + rc) * hd], rc);
+            let sc = &*sc;
+            // Row (t, g) sees positions 0..=pos0 + t; the rest of P stays 0.
+            let pc = &mut p[..rc * lc];
+            pool.for_chunks(pc, lc, &|i, prow| {
+                let live = pos0 + t0 + i / group + 1;
+                let (live, masked) = prow.split_at_mut(live);
+                for (v, &s) in live.iter_mut().zip(&sc[i * len..]) {
+                    *v = s * scale;
+                }
+                (kern.softmax)(live);
+                masked.fill(0.0);
+            });
+            // V_hᵀ's first lc columns, rows lc apart.
+            let vcc = &mut vc[..hd * lc];
+            for (d, row) in vcc.chunks_exact_mut(lc).enumerate() {
+                row.copy_from_slice(&vt[d * ctx..][..lc]);
             }
-            (kern.softmax)(live);
-            masked.fill(0.0);
-        });
-        let v_mat = WeightsRef::new(hd, ctx, Planes::F32(vt)).expect("V_hᵀ is (hd, ctx)");
-        v_mat.matmul_with(kern, pool, o, p, rows);
-        for g in 0..group {
-            let h = kvh * group + g;
-            for t in 0..n {
-                out[t * q_dim + h * hd..][..hd].copy_from_slice(&o[(g * n + t) * hd..][..hd]);
+            let v_mat = WeightsRef::new(hd, lc, Planes::F32(vcc)).expect("V_hᵀ is (hd, lc)");
+            v_mat.matmul_with(kern, pool, &mut o[r0 * hd..(r0 + rc) * hd], pc, rc);
+        }
+        for t in 0..n {
+            for g in 0..group {
+                let h = kvh * group + g;
+                out[t * q_dim + h * hd..][..hd].copy_from_slice(&o[(t * group + g) * hd..][..hd]);
             }
         }
     }
 }
 
 /// Scratch of [`prompt_attention`], made once per forward pass: K_h
-/// (n_ctx, hd), V_hᵀ (hd, ctx), Q_g (rows, hd), scores (rows, n_ctx),
-/// P (rows, ctx), O (rows, hd).
+/// (n_ctx, hd), V_hᵀ (hd, ctx) and a chunk's first columns of it, Q_g
+/// (rows, hd), a chunk's scores (rows, len) and P (rows, lc), O (rows, hd).
 #[derive(Default)]
 struct AttentionScratch {
     kh: Vec<f32>,
     vt: Vec<f32>,
+    vc: Vec<f32>,
     qg: Vec<f32>,
     scores: Vec<f32>,
     p: Vec<f32>,
