@@ -1132,14 +1132,7 @@ pub fn quantize_q8_blocks(x: &[f32], quants: &mut [BlockQ8], scales: &mut [f32],
         "quantize_q8_blocks: lengths"
     );
     for (((xb, q), s), sum) in x.chunks_exact(QK).zip(quants).zip(scales).zip(sums) {
-        // A fold that keeps NaN (f32::max would drop it).
-        let amax = xb.iter().fold(0.0f32, |m, v| {
-            if v.is_nan() || m.is_nan() {
-                f32::NAN
-            } else {
-                m.max(v.abs())
-            }
-        });
+        let amax = abs_max(xb);
         let d = amax / 127.0;
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
         let mut total = 0i32;
@@ -1151,6 +1144,18 @@ pub fn quantize_q8_blocks(x: &[f32], quants: &mut [BlockQ8], scales: &mut [f32],
         *s = if amax.is_finite() { d } else { f32::NAN };
         *sum = total;
     }
+}
+
+/// `max |x|`, NaN if any value is NaN (a fold that keeps NaN, which
+/// `f32::max` would drop).
+pub(crate) fn abs_max(x: &[f32]) -> f32 {
+    x.iter().fold(0.0f32, |m, v| {
+        if v.is_nan() || m.is_nan() {
+            f32::NAN
+        } else {
+            m.max(v.abs())
+        }
+    })
 }
 
 /// Activations `(n, cols)` quantized to int8 per block of 32 with an f32

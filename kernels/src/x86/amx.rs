@@ -165,15 +165,8 @@ pub(crate) fn matmul_f32_entry(
     }
     assert!(rows.end <= w.rows(), "matmul: rows out of range");
     assert_eq!(out.len(), rows.len() * n, "matmul: out is not (rows, n)");
-    let m = rows.len();
-    let mut tmp = vec![0.0f32; n * m];
-    // SAFETY: as in matmul_f32_cols; the view covers all of `tmp`.
-    unsafe { matmul(w, rows, x, Columns::new(&mut tmp, n, m, 0..m)) };
-    for (r, o) in out.chunks_exact_mut(n).enumerate() {
-        for (t, v) in o.iter_mut().enumerate() {
-            *v = tmp[t * m + r];
-        }
-    }
+    // SAFETY: as in matmul_f32_cols; the view covers the whole buffer.
+    super::into_row_major(n, rows.len(), out, |o| unsafe { matmul(w, rows, x, o) });
 }
 
 /// The nearest bf16 of each lane (round to nearest even), as f32 bits with

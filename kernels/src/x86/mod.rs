@@ -89,6 +89,26 @@ pub(crate) fn prefetch(base: *const u8, len: usize, ahead: usize) {
     }
 }
 
+/// Runs an in-place prompt kernel (`f` fills every element of the
+/// token-major `(n, m)` view it is given) and writes its products into
+/// `out (m, n)`, row-major by weight row, as the tables' `(rows, n)`
+/// entries return them.
+pub(crate) fn into_row_major(
+    n: usize,
+    m: usize,
+    out: &mut [f32],
+    f: impl FnOnce(crate::pool::Columns<'_>),
+) {
+    assert_eq!(out.len(), m * n, "matmul: out is not (rows, n)");
+    let mut tmp = vec![0.0f32; n * m];
+    f(crate::pool::Columns::new(&mut tmp, n, m, 0..m));
+    for (r, o) in out.chunks_exact_mut(n).enumerate() {
+        for (t, v) in o.iter_mut().enumerate() {
+            *v = tmp[t * m + r];
+        }
+    }
+}
+
 /// Buffers that dropped activation layouts give back, for the next input
 /// to reuse: a prompt arranges several inputs per layer, and a fresh
 /// buffer each time would be zeroed and faulted in again by one thread.

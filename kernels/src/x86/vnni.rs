@@ -87,13 +87,7 @@ fn weight_type(w: &WeightsRef<'_>) -> Option<Wt> {
 /// falls back to for a block with a NaN or an infinity (which make both
 /// scales NaN, so that it reaches the products as on the other tiers).
 fn split_block(xb: &[f32], m: &mut XBlock) {
-    let amax = xb.iter().fold(0.0f32, |a, v| {
-        if v.is_nan() || a.is_nan() {
-            f32::NAN
-        } else {
-            a.max(v.abs())
-        }
-    });
+    let amax = crate::quant::abs_max(xb);
     let d1 = amax / 127.0;
     let d2 = d1 / 254.0;
     let id1 = if d1 > 0.0 { 1.0 / d1 } else { 0.0 };
@@ -441,15 +435,8 @@ pub(crate) fn matmul_f32_entry(
     assert!(rows.end <= w.rows(), "matmul: rows out of range");
     assert_eq!(x.cols(), w.cols(), "matmul: x is not (n, cols)");
     assert_eq!(out.len(), rows.len() * n, "matmul: out is not (rows, n)");
-    let m = rows.len();
-    let mut tmp = vec![0.0f32; n * m];
-    // SAFETY: as in matmul_f32_cols; the view covers all of `tmp`.
-    unsafe { matmul(w, wt, rows, x, Columns::new(&mut tmp, n, m, 0..m)) };
-    for (r, o) in out.chunks_exact_mut(n).enumerate() {
-        for (t, v) in o.iter_mut().enumerate() {
-            *v = tmp[t * m + r];
-        }
-    }
+    // SAFETY: as in matmul_f32_cols; the view covers the whole buffer.
+    super::into_row_major(n, rows.len(), out, |o| unsafe { matmul(w, wt, rows, x, o) });
 }
 
 #[cfg(test)]
