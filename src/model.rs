@@ -919,12 +919,11 @@ fn prompt_attention(
                 vt[d * ctx + pos] = v;
             }
         }
-        // Row t·group + g: token t's query of head kvh·group + g.
-        for t in 0..n {
-            for g in 0..group {
-                let h = kvh * group + g;
-                qg[(t * group + g) * hd..][..hd].copy_from_slice(&q[t * q_dim + h * hd..][..hd]);
-            }
+        // Row t·group + g: token t's query of head kvh·group + g (the
+        // group's heads lie side by side in q and in out).
+        let heads = kvh * group * hd..(kvh + 1) * group * hd;
+        for (t, row) in qg.chunks_exact_mut(group * hd).enumerate() {
+            row.copy_from_slice(&q[t * q_dim..][heads.clone()]);
         }
         for t0 in (0..n).step_by(PROMPT_ATTENTION_CHUNK) {
             let t1 = (t0 + PROMPT_ATTENTION_CHUNK).min(n);
@@ -955,11 +954,8 @@ fn prompt_attention(
             let v_mat = WeightsRef::new(hd, lc, Planes::F32(vcc)).expect("V_hᵀ is (hd, lc)");
             v_mat.matmul_with(kern, pool, &mut o[r0 * hd..(r0 + rc) * hd], pc, rc);
         }
-        for t in 0..n {
-            for g in 0..group {
-                let h = kvh * group + g;
-                out[t * q_dim + h * hd..][..hd].copy_from_slice(&o[(t * group + g) * hd..][..hd]);
-            }
+        for (t, row) in o.chunks_exact(group * hd).enumerate() {
+            out[t * q_dim..][heads.clone()].copy_from_slice(row);
         }
     }
 }

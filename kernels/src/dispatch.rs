@@ -128,19 +128,11 @@ pub type MatmulF32ColsFn =
 pub struct ColsKernel {
     /// Fewest tokens it pays for itself at.
     pub min_tokens: usize,
-    /// Whether it takes these weights (others run on
-    /// [`Kernels::matmul_f32`]).
-    pub takes: fn(w: &WeightsRef<'_>) -> bool,
     /// The kernel.
     pub f: MatmulF32ColsFn,
     /// Arranges the activations for the kernel over the whole pool, once
     /// per input, before the matrix's tasks start.
     pub prepare: fn(x: &F32Activations<'_>, pool: &crate::pool::Pool),
-}
-
-/// [`ColsKernel::takes`] for kernels that take every weight type.
-pub fn takes_any(_: &WeightsRef<'_>) -> bool {
-    true
 }
 
 /// Quantizes whole blocks of activations to int8 (see [`Kernels::quantize_q8`]).

@@ -716,12 +716,7 @@ impl<'a> WeightsRef<'a> {
         let n = x.n();
         assert_eq!(out.len(), n * self.rows, "matmul: out is not (n, rows)");
         match k.matmul_f32_cols {
-            Some(c)
-                if n >= c.min_tokens
-                    && self.cols.is_multiple_of(QK)
-                    && self.rows > 0
-                    && (c.takes)(self) =>
-            {
+            Some(c) if n >= c.min_tokens && self.cols.is_multiple_of(QK) && self.rows > 0 => {
                 // One column block per thread: each task reads all of x,
                 // so few, large tasks; in whole groups of 32 rows, what
                 // the kernels take at a time (a part-filled group costs a

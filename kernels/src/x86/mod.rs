@@ -174,7 +174,6 @@ pub static AVX512: Kernels = Kernels {
     matmul_f32: vnni::matmul_f32_entry,
     matmul_f32_cols: Some(crate::dispatch::ColsKernel {
         min_tokens: vnni::MIN_TOKENS,
-        takes: crate::dispatch::takes_any,
         f: vnni::matmul_f32_cols,
         prepare: vnni::prepare_f32,
     }),
@@ -198,7 +197,6 @@ pub static AMX: Kernels = Kernels {
     matmul_f32: amx::matmul_f32_entry,
     matmul_f32_cols: Some(crate::dispatch::ColsKernel {
         min_tokens: amx::MIN_TOKENS,
-        takes: crate::dispatch::takes_any,
         f: amx::matmul_f32_cols,
         prepare: amx::prepare_f32,
     }),

@@ -434,7 +434,6 @@ pub(crate) fn matmul_f32_entry(
     };
     assert!(rows.end <= w.rows(), "matmul: rows out of range");
     assert_eq!(x.cols(), w.cols(), "matmul: x is not (n, cols)");
-    assert_eq!(out.len(), rows.len() * n, "matmul: out is not (rows, n)");
     // SAFETY: as in matmul_f32_cols; the view covers the whole buffer.
     super::into_row_major(n, rows.len(), out, |o| unsafe { matmul(w, wt, rows, x, o) });
 }
