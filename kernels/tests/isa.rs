@@ -399,11 +399,18 @@ fn pooled_matmul_matches_scalar_for_model_shapes() {
             let mut want_f = vec![0.0f32; n * rows];
             w.matmul_with(&SCALAR, &pools[0], &mut want_f, &x, n);
             for k in Isa::available().into_iter().filter_map(Kernels::for_isa) {
+                let mut first_f: Option<Vec<f32>> = None;
                 for pool in &pools {
                     let mut got = vec![0.0f32; n * rows];
                     w.matmul_q8_with(k, pool, &mut got, &a);
                     let mut got_f = vec![0.0f32; n * rows];
                     w.matmul_with(k, pool, &mut got_f, &x, n);
+                    // However the pool splits the rows, the same bits.
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    match &first_f {
+                        Some(f) => assert_eq!(bits(f), bits(&got_f), "{} {ty} f32 n={n}", k.isa),
+                        None => first_f = Some(got_f.clone()),
+                    }
                     for i in 0..n * rows {
                         let (t, r) = (i / rows, i % rows);
                         let tol = 1e-5 * abs_dot(&w, &wd, &xd, r, t) + 1e-30;

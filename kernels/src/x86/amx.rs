@@ -358,7 +358,9 @@ const CONFIG: TileConfig = {
 
 /// tmm0 = the product of the activation tile at `a` with the weight tile
 /// at `b`, over `steps` steps of 32 columns: three bf16 products per step
-/// (hi·hi, lo·hi, hi·lo). For the edges [`tile_products_2x2`] leaves.
+/// (hi·hi, hi·lo, lo·hi: the order of [`tile_products_2x2`], so that a
+/// product has the same bits whichever way the pool splits the rows). For
+/// the edges [`tile_products_2x2`] leaves.
 ///
 /// Tiles: tmm2/tmm3 weight hi/lo, tmm4/tmm5 activation hi/lo.
 #[inline(always)]
@@ -371,8 +373,8 @@ unsafe fn tile_products(a: *const Line, b: *const Line, steps: usize) {
         "tileloadd tmm4, [{a} + {s} * 1]",
         "tileloadd tmm5, [{a} + {s} * 1 + 1024]",
         "tdpbf16ps tmm0, tmm4, tmm2",
-        "tdpbf16ps tmm0, tmm5, tmm2",
         "tdpbf16ps tmm0, tmm4, tmm3",
+        "tdpbf16ps tmm0, tmm5, tmm2",
         "add {b}, 2048",
         "add {a}, 2048",
         "dec {n}",
