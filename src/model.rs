@@ -279,19 +279,20 @@ pub enum Logits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Activations {
     /// f32 for prompts (several tokens at once) and int8 for generation
-    /// (one token at a time), the fastest of each here: prompt processing
-    /// is compute-bound and the f32 kernels are the faster ones there;
-    /// generation is bound by reading the weights, and int8 inputs halve
-    /// the work per weight byte. A forward call over several tokens (a
-    /// prompt, a perplexity window) gives exactly the logits of
-    /// [`Activations::F32`].
+    /// (one token at a time): prompts keep the reference accuracy (a
+    /// forward call over several tokens, a prompt or a perplexity window,
+    /// gives exactly the logits of [`Activations::F32`]), and generation,
+    /// bound by reading the weights, takes int8 inputs, which halve the
+    /// work per weight byte.
     #[default]
     Auto,
     /// f32 always, as the reference: quantized weights are dequantized
     /// inside the product.
     F32,
     /// int8 per block of 32 always, as llama.cpp does: integer products,
-    /// at a small cost in accuracy (see `docs/performance.md`).
+    /// at a small cost in accuracy (see `docs/performance.md`). The
+    /// fastest prompts on AVX-512 without AMX (about 1.4× the default
+    /// there, one int8 part per block instead of two).
     Int8,
 }
 

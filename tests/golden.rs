@@ -142,6 +142,19 @@ const Q8_MARGIN: f64 = 0.5;
 // the corpus-wide figure is measured with `microllm perplexity`.
 const Q8_MAX_KL: f64 = 5e-3;
 
+/// The bounds for int8 inputs, as llama.cpp computes. Requantizing every
+/// layer's input makes single positions swing with the last bits of any
+/// sum: kernels with the same products (within 1e-5) gave a mean
+/// last-position KL of 3.8e-3 to 9.3e-3 over these 8 prompts, and top-1
+/// changes at margins up to 0.64, while their KL against f32 inputs over
+/// all 531 positions stayed within 3.65e-3 to 3.76e-3 (and over the
+/// corpus 3.52e-3 to 3.54e-3). So the mean over every position carries
+/// the check, at llama.cpp Q8_0's level; the last positions only guard
+/// against gross errors.
+const Q8_INT8_MARGIN: f64 = 1.0;
+const Q8_INT8_MAX_KL: f64 = 5e-3;
+const Q8_INT8_LAST_KL: f64 = 2e-2;
+
 #[test]
 fn golden_top1_through_q8() {
     use microllm::convert::{convert, recipe};
@@ -162,9 +175,27 @@ fn golden_top1_through_q8() {
     // llama.cpp computes, change more top-1 tokens (20 of 531 measured),
     // still only where the reference's margin is under Q8_MARGIN.
     model.set_activations(Activations::F32);
-    check_q8(&model, "f32", 50);
+    let f32_logits = check_q8(&model, "f32", 50, Q8_MARGIN, Q8_MAX_KL);
     model.set_activations(Activations::Int8);
-    check_q8(&model, "int8", 20);
+    let int8_logits = check_q8(&model, "int8", 20, Q8_INT8_MARGIN, Q8_INT8_LAST_KL);
+    // What int8 inputs cost, at every position of every prompt against
+    // the same model's f32 inputs.
+    let vocab = model.config().vocab_size;
+    let kls: Vec<f64> = f32_logits
+        .iter()
+        .zip(&int8_logits)
+        .flat_map(|(a, b)| a.chunks_exact(vocab).zip(b.chunks_exact(vocab)))
+        .map(|(a, b)| kl_divergence(a, b))
+        .collect();
+    let mean = kls.iter().sum::<f64>() / kls.len() as f64;
+    println!(
+        "q8 int8 against f32 inputs: mean KL {mean:.3e} over {} positions",
+        kls.len()
+    );
+    assert!(
+        mean < Q8_INT8_MAX_KL,
+        "q8 int8 against f32 inputs: mean KL {mean:e}"
+    );
     // The default, auto, is f32 for several tokens at once: bit for bit.
     let tokens = ids(&case("digits")["token_ids"]);
     let run = |m: &Model| {
@@ -177,12 +208,20 @@ fn golden_top1_through_q8() {
     assert!(auto == run(&model), "auto must equal f32 on a prompt");
 }
 
-/// Golden prompts through `model`: mean last-position KL under
-/// [`Q8_MAX_KL`], at most one position in `one_in` changes top-1, and only
-/// where the margin is under [`Q8_MARGIN`].
-fn check_q8(model: &Model, act: &str, one_in: usize) {
+/// Golden prompts through `model`: mean last-position KL under `max_kl`
+/// (each prompt's under ten times that), at most one position in
+/// `one_in` changes top-1, and only where the margin is under
+/// `max_margin`; returns each prompt's logits at every position.
+fn check_q8(
+    model: &Model,
+    act: &str,
+    one_in: usize,
+    max_margin: f64,
+    max_kl: f64,
+) -> Vec<Vec<f32>> {
     let vocab = model.config().vocab_size;
     let (mut checked, mut flips, mut kls) = (0, Vec::new(), Vec::new());
+    let mut all_logits = Vec::new();
     for name in CASES {
         let c = case(name);
         let tokens = ids(&c["token_ids"]);
@@ -202,24 +241,26 @@ fn check_q8(model: &Model, act: &str, one_in: usize) {
         let (_, reference) = read_npy_f32(&golden_dir().join(format!("{name}.last_logits.npy")));
         let kl = kl_divergence(&reference, &logits[(tokens.len() - 1) * vocab..]);
         println!("q8 {act} {name:<16} last-position KL {kl:.2e}");
-        assert!(kl < 10.0 * Q8_MAX_KL, "q8 {name}: KL {kl:e}");
+        assert!(kl < 10.0 * max_kl, "q8 {act} {name}: KL {kl:e}");
         kls.push(kl);
+        all_logits.push(logits);
     }
     let mean_kl = kls.iter().sum::<f64>() / kls.len() as f64;
     println!("q8 {act}: mean last-position KL {mean_kl:.2e}");
-    assert!(mean_kl < Q8_MAX_KL, "q8: mean KL {mean_kl:e}");
     println!(
         "q8 {act}: {} of {checked} positions changed top-1: {flips:?}",
         flips.len()
     );
+    assert!(mean_kl < max_kl, "q8 {act}: mean KL {mean_kl:e}");
     assert!(
         flips.len() * one_in <= checked,
         "q8 {act}: more than 1 in {one_in} positions changed top-1"
     );
     for (name, pos, margin) in flips {
         assert!(
-            margin < Q8_MARGIN,
+            margin < max_margin,
             "q8 {act} {name}: top-1 changed at position {pos} with margin {margin:.3}"
         );
     }
+    all_logits
 }

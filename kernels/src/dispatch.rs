@@ -135,6 +135,21 @@ pub struct ColsKernel {
     pub prepare: fn(x: &F32Activations<'_>, pool: &crate::pool::Pool),
 }
 
+/// As [`MatmulF32ColsFn`] with int8 activations, for q4 and q8 weights.
+pub type MatmulQ8ColsFn = fn(w: &WeightsRef<'_>, x: &Q8Activations, out: crate::pool::Columns<'_>);
+
+/// A [`MatmulQ8ColsFn`], the token count from which it is used, and what
+/// arranges its input (as [`ColsKernel`]).
+#[derive(Clone, Copy)]
+pub struct Q8ColsKernel {
+    /// Fewest tokens it pays for itself at.
+    pub min_tokens: usize,
+    /// The kernel: q4 and q8 weights whose columns are whole blocks.
+    pub f: MatmulQ8ColsFn,
+    /// Arranges the activations for the kernel over the whole pool.
+    pub prepare: fn(x: &Q8Activations, pool: &crate::pool::Pool),
+}
+
 /// Quantizes whole blocks of activations to int8 (see [`Kernels::quantize_q8`]).
 pub type QuantizeQ8Fn = fn(x: &[f32], quants: &mut [BlockQ8], scales: &mut [f32], sums: &mut [i32]);
 
@@ -169,6 +184,10 @@ pub struct Kernels {
     /// Prompts (f32 activations) written in place, where the tier has
     /// such a kernel (AMX); [`Kernels::matmul_f32`] otherwise.
     pub matmul_f32_cols: Option<ColsKernel>,
+    /// Prompts on int8 activations (q4 and q8 weights) written in place,
+    /// where the tier has such a kernel (AVX-512 VNNI); see
+    /// [`Kernels::q8_cols_for`].
+    pub matmul_q8_cols: Option<Q8ColsKernel>,
     /// `Σ a[i] · b[i]` (attention scores, f32 weights).
     pub dot: fn(a: &[f32], b: &[f32]) -> f32,
     /// `y[i] += a · x[i]` (attention's weighted sum of values).
@@ -196,6 +215,7 @@ pub static SCALAR: Kernels = Kernels {
     prepare_q8: no_prepare_q8,
     matmul_f32: scalar_matmul_f32,
     matmul_f32_cols: None,
+    matmul_q8_cols: None,
     dot: crate::f32::dot,
     axpy: scalar_axpy,
     softmax: crate::f32::softmax,
@@ -275,6 +295,15 @@ impl Kernels {
             T::Q8S24 => Some(scalar_matmul_q8),
             _ => None,
         }
+    }
+
+    /// The in-place int8 kernel for `w` and `n` tokens, where the tier has
+    /// one that takes `w`'s type and shape at that many tokens.
+    pub fn q8_cols_for(&self, w: &WeightsRef<'_>, n: usize) -> Option<Q8ColsKernel> {
+        use crate::quant::TensorType as T;
+        let c = self.matmul_q8_cols?;
+        let takes = matches!(w.ty(), T::Q4 | T::Q8) && w.cols().is_multiple_of(crate::quant::QK);
+        (takes && n >= c.min_tokens && w.rows() > 0).then_some(c)
     }
 
     /// Whether weights of type `ty` should take int8 activations on this

@@ -277,7 +277,8 @@ proptest! {
     }
 
     /// The in-place prompt kernels (AMX tiles; the AVX-512 tier's split
-    /// int8 kernel for q4/q8 and f32 panel for the rest) on every weight
+    /// int8 kernel for q4/q8 and f32 panel for the rest; its int8-input
+    /// kernel for q4/q8) on every weight
     /// type, on a window of columns of a wider output, with enough
     /// columns for several passes over a panel and tokens for whole and
     /// partial tiles.
@@ -308,7 +309,34 @@ proptest! {
         let pool = Pool::new(1);
         let mut want = vec![f32::NAN; (r1 - r0) * n];
         (SCALAR.matmul_f32)(&w, r0..r1, &F32Activations::new(&x, n, cols), &mut want);
+        let a = Q8Activations::quantize(&x, n, cols);
+        let xd = a.dequantize();
+        let mut want_q = vec![f32::NAN; (r1 - r0) * n];
+        if let Some(f) = SCALAR.matmul_q8_for(&w) {
+            f(&w, r0..r1, &a, &mut want_q);
+        }
         for k in tiers() {
+            // int8 activations, where the tier has an in-place kernel.
+            if let Some(c) = k.q8_cols_for(&w, n) {
+                (c.prepare)(&a, &pool);
+                let mut got = vec![f32::NAN; n * rows];
+                (c.f)(&w, &a, Columns::new(&mut got, n, rows, r0..r1));
+                for t in 0..n {
+                    for r in 0..rows {
+                        let v = got[t * rows + r];
+                        if !(r0..r1).contains(&r) {
+                            prop_assert!(v.is_nan(), "{} {ty} int8: wrote outside the view", k.isa);
+                            continue;
+                        }
+                        let bound = 1e-5 * abs_dot(&w, &wd, &xd, r, t) + 1e-30;
+                        let e = want_q[(r - r0) * n + t];
+                        prop_assert!(
+                            ((v - e) as f64).abs() <= bound,
+                            "{} {ty} int8: r {r} t {t}: {v} vs {e}", k.isa
+                        );
+                    }
+                }
+            }
             let Some(c) = k.matmul_f32_cols else { continue };
             let xa = F32Activations::new(&x, n, cols);
             (c.prepare)(&xa, &pool);
@@ -400,6 +428,7 @@ fn pooled_matmul_matches_scalar_for_model_shapes() {
             w.matmul_with(&SCALAR, &pools[0], &mut want_f, &x, n);
             for k in Isa::available().into_iter().filter_map(Kernels::for_isa) {
                 let mut first_f: Option<Vec<f32>> = None;
+                let mut first_q: Option<Vec<f32>> = None;
                 for pool in &pools {
                     let mut got = vec![0.0f32; n * rows];
                     w.matmul_q8_with(k, pool, &mut got, &a);
@@ -410,6 +439,10 @@ fn pooled_matmul_matches_scalar_for_model_shapes() {
                     match &first_f {
                         Some(f) => assert_eq!(bits(f), bits(&got_f), "{} {ty} f32 n={n}", k.isa),
                         None => first_f = Some(got_f.clone()),
+                    }
+                    match &first_q {
+                        Some(f) => assert_eq!(bits(f), bits(&got), "{} {ty} int8 n={n}", k.isa),
+                        None => first_q = Some(got.clone()),
                     }
                     for i in 0..n * rows {
                         let (t, r) = (i / rows, i % rows);

@@ -23,8 +23,9 @@ struct Cli {
     #[arg(long, short = 't', global = true)]
     threads: Option<usize>,
     /// Inputs of quantized matrix products: auto (f32 for prompts, int8 for
-    /// generation: the fastest of each), f32 (reference accuracy) or int8
-    /// (as llama.cpp). f32 models always compute in f32.
+    /// generation), f32 (reference accuracy) or int8 (as llama.cpp; the
+    /// fastest prompts on AVX-512 without AMX). f32 models always compute
+    /// in f32.
     #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "f32", "int8"])]
     act: String,
     #[command(subcommand)]

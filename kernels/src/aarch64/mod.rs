@@ -28,6 +28,7 @@ pub(crate) static NEON: Kernels = Kernels {
     prepare_q8: crate::dispatch::no_prepare_q8,
     matmul_f32: neon::matmul_f32,
     matmul_f32_cols: None,
+    matmul_q8_cols: None,
     dot: neon::dot,
     axpy: neon::axpy,
     // NEON is baseline on aarch64: the portable bodies vectorise as they are.

@@ -717,13 +717,8 @@ impl<'a> WeightsRef<'a> {
         assert_eq!(out.len(), n * self.rows, "matmul: out is not (n, rows)");
         match k.matmul_f32_cols {
             Some(c) if n >= c.min_tokens && self.cols.is_multiple_of(QK) && self.rows > 0 => {
-                // One column block per thread: each task reads all of x,
-                // so few, large tasks; in whole groups of 32 rows, what
-                // the kernels take at a time (a part-filled group costs a
-                // whole one).
-                let groups = self.rows.div_ceil(32);
-                let per = groups.div_ceil(pool.threads().max(1)) * 32;
                 (c.prepare)(x, pool);
+                let per = prompt_columns_per_task(self.rows, pool);
                 pool.for_column_blocks(out, n, self.rows, per, &|_, o| (c.f)(self, x, o));
             }
             _ => {
@@ -787,6 +782,18 @@ impl<'a> WeightsRef<'a> {
 
     /// [`WeightsRef::matmul_q8`] on a given tier and pool.
     pub fn matmul_q8_with(&self, k: &Kernels, pool: &Pool, out: &mut [f32], x: &Q8Activations) {
+        if let Some(c) = k.q8_cols_for(self, x.n()) {
+            assert_eq!(x.cols(), self.cols, "matmul_q8: x is not (n, cols)");
+            assert_eq!(
+                out.len(),
+                x.n() * self.rows,
+                "matmul_q8: out is not (n, rows)"
+            );
+            (c.prepare)(x, pool);
+            let per = prompt_columns_per_task(self.rows, pool);
+            pool.for_column_blocks(out, x.n(), self.rows, per, &|_, o| (c.f)(self, x, o));
+            return;
+        }
         let f = self.q8_kernel(k, out, x);
         par_row_blocks(pool, out, x.n(), self.rows, self.cols, &|rows, o| {
             f(self, rows, x, o)
@@ -808,6 +815,14 @@ impl<'a> WeightsRef<'a> {
         (k.prepare_q8)(self, x);
         f
     }
+}
+
+/// Weight rows per task of an in-place prompt kernel: one column block per
+/// thread, since each task reads all of the activations (so few, large
+/// tasks), in whole groups of 32 rows, what the kernels take at a time (a
+/// part-filled group costs a whole one).
+fn prompt_columns_per_task(rows: usize, pool: &Pool) -> usize {
+    rows.div_ceil(32).div_ceil(pool.threads().max(1)) * 32
 }
 
 /// Weight rows per task: about 16 KiB of q4 weights, at least 16 rows (a
@@ -1229,7 +1244,7 @@ impl<'a> F32Activations<'a> {
 struct LayoutCache([OnceLock<Arc<dyn Any + Send + Sync>>; LayoutCache::SLOTS]);
 
 impl LayoutCache {
-    const SLOTS: usize = 4;
+    const SLOTS: usize = 5;
 
     /// The arrangement in `slot`, built by `build` on first use.
     fn get<T: Any + Send + Sync>(&self, slot: usize, build: impl FnOnce() -> T) -> &T {

@@ -31,7 +31,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::pool::{Columns, Pool};
-use crate::quant::{F32Activations, Planes, WeightsRef, QK};
+use crate::quant::{F32Activations, Planes, Q8Activations, WeightsRef, QK};
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -285,15 +285,17 @@ fn pack_weights(w: &WeightsRef<'_>, rows: Range<usize>, p: &mut Packed) {
     }
 }
 
-/// One tile: the group's 32 rows × tokens `t0..t0 + T`, over all blocks,
-/// stored into view columns `c0..c0 + valid` of `out`.
+/// One tile: the group's 32 rows × tokens `t0..t0 + T`, over all blocks
+/// and the first `PARTS` parts of each (2: split f32 activations; 1: int8
+/// activations, whose one part is the split's first), stored into view
+/// columns `c0..c0 + valid` of `out`.
 ///
 /// # Safety
 /// AVX-512 F/BW/VNNI present; `lines`/`scales` hold the group's `nb`
 /// blocks; `split` holds tokens `t0..t0 + T`, `nb` blocks each.
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const T: usize>(
+unsafe fn tile<const T: usize, const PARTS: usize>(
     lines: &[Line],
     scales: &[f32],
     split: &[XBlock],
@@ -316,7 +318,7 @@ unsafe fn tile<const T: usize>(
             _mm512_loadu_ps(ws.add(b * ROWS)),
             _mm512_loadu_ps(ws.add(b * ROWS + 16)),
         ];
-        for part in 0..2 {
+        for part in 0..PARTS {
             let mut acc = [[_mm512_setzero_si512(); 2]; T];
             for t in 0..T {
                 let s = _mm512_set1_epi32((*x.add(t * nb + b)).start[ty][part]);
@@ -356,23 +358,21 @@ unsafe fn tile<const T: usize>(
     }
 }
 
-/// Weight rows `rows` × all tokens of `x` into `out`, whose columns stand
-/// for those rows.
+/// Weight rows `rows` × the `n` tokens of `split` (`PARTS` parts each)
+/// into `out`, whose columns stand for those rows.
 ///
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI present.
-unsafe fn matmul(
+unsafe fn matmul<const PARTS: usize>(
     w: &WeightsRef<'_>,
     wt: Wt,
     rows: Range<usize>,
-    x: &F32Activations<'_>,
+    split: &[XBlock],
+    n: usize,
     mut out: Columns<'_>,
 ) {
-    let n = x.n();
     let nb = w.cols() / QK;
     assert_eq!(rows.len(), out.cols().len(), "matmul: view and rows differ");
-    // Split by `prepare_f32` unless called outside the table's entries.
-    let split = &x.layout(SLOT, || split_activations(x, &Pool::new(1))).0;
     assert_eq!(split.len(), n * nb, "matmul: split activations");
     PACKED.with(|p| {
         let p = &mut *p.borrow_mut();
@@ -385,18 +385,25 @@ unsafe fn matmul(
             let mut t0 = 0;
             while t0 < n {
                 let left = n - t0;
+                let (o, x) = (&mut out, split);
                 match left.min(TOKENS) {
-                    6 => tile::<6>(lines, scales, split, nb, wt, t0, &mut out, c0, valid),
-                    5 => tile::<5>(lines, scales, split, nb, wt, t0, &mut out, c0, valid),
-                    4 => tile::<4>(lines, scales, split, nb, wt, t0, &mut out, c0, valid),
-                    3 => tile::<3>(lines, scales, split, nb, wt, t0, &mut out, c0, valid),
-                    2 => tile::<2>(lines, scales, split, nb, wt, t0, &mut out, c0, valid),
-                    _ => tile::<1>(lines, scales, split, nb, wt, t0, &mut out, c0, valid),
+                    6 => tile::<6, PARTS>(lines, scales, x, nb, wt, t0, o, c0, valid),
+                    5 => tile::<5, PARTS>(lines, scales, x, nb, wt, t0, o, c0, valid),
+                    4 => tile::<4, PARTS>(lines, scales, x, nb, wt, t0, o, c0, valid),
+                    3 => tile::<3, PARTS>(lines, scales, x, nb, wt, t0, o, c0, valid),
+                    2 => tile::<2, PARTS>(lines, scales, x, nb, wt, t0, o, c0, valid),
+                    _ => tile::<1, PARTS>(lines, scales, x, nb, wt, t0, o, c0, valid),
                 }
                 t0 += left.min(TOKENS);
             }
         }
     });
+}
+
+/// The split of `x`: built by `prepare_f32` unless called outside the
+/// table's entries.
+fn split_of<'x>(x: &'x F32Activations<'_>) -> &'x [XBlock] {
+    &x.layout(SLOT, || split_activations(x, &Pool::new(1))).0
 }
 
 /// The table's in-place entry (see [`crate::dispatch::ColsKernel`]): q4
@@ -412,7 +419,7 @@ pub(crate) fn matmul_f32_cols(w: &WeightsRef<'_>, x: &F32Activations<'_>, out: C
             // tables built on it), handed out after `avx512_available()`:
             // AVX-512 F/BW/VL and VNNI present. Shapes are checked above;
             // stores go through `Columns::row_mut`'s bounds.
-            unsafe { matmul(w, wt, out.cols(), x, out) }
+            unsafe { matmul::<2>(w, wt, out.cols(), split_of(x), x.n(), out) }
         }
         _ => super::avx512::matmul_f32_cols(w, x, out),
     }
@@ -434,8 +441,112 @@ pub(crate) fn matmul_f32_entry(
     };
     assert!(rows.end <= w.rows(), "matmul: rows out of range");
     assert_eq!(x.cols(), w.cols(), "matmul: x is not (n, cols)");
+    let split = split_of(x);
     // SAFETY: as in matmul_f32_cols; the view covers the whole buffer.
-    super::into_row_major(n, rows.len(), out, |o| unsafe { matmul(w, wt, rows, x, o) });
+    super::into_row_major(n, rows.len(), out, |o| unsafe {
+        matmul::<2>(w, wt, rows, split, n, o)
+    });
+}
+
+/// The [`F32Activations::layout`]-like slot of int8 activations in the
+/// tile kernel's form (slots 0–3 hold the decode kernels' forms).
+const Q8_SLOT: usize = 4;
+
+/// Int8 activations in the tile kernel's form: each block as the first
+/// part of an [`XBlock`] (the split's first part is this quantization).
+fn int8_blocks(x: &Q8Activations, pool: &Pool) -> Split {
+    let nb = x.cols() / QK;
+    let mut blocks = FREE_BLOCKS.take(x.n() * nb);
+    let per = x.n().div_ceil(pool.threads().max(1)).max(1) * nb.max(1);
+    pool.for_chunks(&mut blocks, per, &|i, part| {
+        for (j, m) in part.iter_mut().enumerate() {
+            let (t, b) = ((i * per + j) / nb, (i * per + j) % nb);
+            let row = x.row(t);
+            let qs: &[u8; QK] = bytemuck::cast_ref(&row.quants[b].qs);
+            for s in 0..STEPS {
+                m.q[s] =
+                    i32::from_le_bytes([qs[4 * s], qs[4 * s + 1], qs[4 * s + 2], qs[4 * s + 3]]);
+            }
+            let sum = row.sums[b];
+            m.d[0] = row.scales[b];
+            m.start[Wt::Q4 as usize][0] = -8 * sum;
+            m.start[Wt::Q8 as usize][0] = -128 * sum;
+        }
+    });
+    Split(blocks)
+}
+
+/// The int8 form of `x`: built by `prepare_q8` unless called outside the
+/// table's entries.
+fn int8_of(x: &Q8Activations) -> &[XBlock] {
+    &x.layout(Q8_SLOT, || int8_blocks(x, &Pool::new(1))).0
+}
+
+/// The table's [`crate::dispatch::Q8ColsKernel::prepare`]: `x` in the
+/// tile kernel's form, over `pool`, before the matrix's tasks start.
+pub(crate) fn prepare_q8(x: &Q8Activations, pool: &Pool) {
+    x.layout(Q8_SLOT, || int8_blocks(x, pool));
+}
+
+/// The table's in-place int8 entry (see [`crate::dispatch::Q8ColsKernel`]):
+/// q4 and q8 weights × int8 activations, one part per block.
+///
+/// # Panics
+/// For other weight types, or columns that are not whole blocks.
+pub(crate) fn matmul_q8_cols(w: &WeightsRef<'_>, x: &Q8Activations, out: Columns<'_>) {
+    assert!(out.cols().end <= w.rows(), "matmul_q8: rows out of range");
+    assert_eq!(out.n(), x.n(), "matmul_q8: out has other tokens than x");
+    assert_eq!(x.cols(), w.cols(), "matmul_q8: x is not (n, cols)");
+    let wt = match weight_type(w) {
+        Some(wt) if w.cols().is_multiple_of(QK) => wt,
+        _ => panic!("matmul_q8_cols: takes q4 and q8 weights, got {}", w.ty()),
+    };
+    // SAFETY: as in matmul_f32_cols.
+    unsafe { matmul::<1>(w, wt, out.cols(), int8_of(x), x.n(), out) }
+}
+
+/// The table's `(rows, n)` int8 entry for q4 and q8 weights: the tile
+/// kernel from [`MIN_TOKENS`] tokens on, transposed; the AVX-512 decode
+/// kernel otherwise.
+fn matmul_q8_entry(
+    w: &WeightsRef<'_>,
+    rows: Range<usize>,
+    x: &Q8Activations,
+    out: &mut [f32],
+    decode: crate::dispatch::MatmulQ8Fn,
+) {
+    let n = x.n();
+    let wt = match weight_type(w) {
+        Some(wt) if n >= MIN_TOKENS && w.cols().is_multiple_of(QK) && !rows.is_empty() => wt,
+        _ => return decode(w, rows, x, out),
+    };
+    assert!(rows.end <= w.rows(), "matmul_q8: rows out of range");
+    assert_eq!(x.cols(), w.cols(), "matmul_q8: x is not (n, cols)");
+    let xs = int8_of(x);
+    // SAFETY: as in matmul_f32_cols; the view covers the whole buffer.
+    super::into_row_major(n, rows.len(), out, |o| unsafe {
+        matmul::<1>(w, wt, rows, xs, n, o)
+    });
+}
+
+/// [`matmul_q8_entry`] for q4 weights.
+pub(crate) fn matmul_q4_q8(
+    w: &WeightsRef<'_>,
+    rows: Range<usize>,
+    x: &Q8Activations,
+    out: &mut [f32],
+) {
+    matmul_q8_entry(w, rows, x, out, super::avx512::matmul_q4_q8)
+}
+
+/// [`matmul_q8_entry`] for q8 weights.
+pub(crate) fn matmul_q8_q8(
+    w: &WeightsRef<'_>,
+    rows: Range<usize>,
+    x: &Q8Activations,
+    out: &mut [f32],
+) {
+    matmul_q8_entry(w, rows, x, out, super::avx512::matmul_q8_q8)
 }
 
 #[cfg(test)]
