@@ -82,13 +82,13 @@ impl Isa {
 
     /// A second part of the bound on f32-activation products, relative to
     /// `Σ |w|·max|x|` over the row (each weight times the largest input of
-    /// its block of 32): the AVX-512 tier runs prompts on int8 dot
-    /// products, each block of activations split in two int8 parts, whose
+    /// its block of 32): the AVX2 and AVX-512 tiers run prompts on int8
+    /// dot products, each block of activations split in two int8 parts, whose
     /// error is at most `max|x| / (2·127·254)` per value (see
     /// [`crate::x86::vnni`]); 0 on the other tiers.
     pub const fn f32_block_tolerance(self) -> f64 {
         match self {
-            Isa::Avx512 => 2e-5,
+            Isa::Avx2 | Isa::Avx512 => 2e-5,
             _ => 0.0,
         }
     }

@@ -36,6 +36,7 @@ pub mod avx2;
 // The AVX-512 intrinsics are stable since Rust 1.89, the workspace's
 // minimum.
 pub mod avx512;
+pub mod maddubs;
 pub mod vnni;
 
 /// AVX2, FMA and F16C (Haswell and later, Zen 1 and later).
@@ -155,8 +156,16 @@ pub static AVX2: Kernels = Kernels {
     matmul_q4s24_q8: None,
     prepare_q8: crate::dispatch::no_prepare_q8,
     matmul_f32: avx2::matmul_f32_entry,
-    matmul_f32_cols: None,
-    matmul_q8_cols: None,
+    matmul_f32_cols: Some(crate::dispatch::ColsKernel {
+        min_tokens: maddubs::MIN_TOKENS,
+        f: maddubs::matmul_f32_cols,
+        prepare: maddubs::prepare_f32,
+    }),
+    matmul_q8_cols: Some(crate::dispatch::Q8ColsKernel {
+        min_tokens: maddubs::MIN_TOKENS,
+        f: maddubs::matmul_q8_cols,
+        prepare: maddubs::prepare_q8,
+    }),
     dot: avx2::dot,
     axpy: avx2::axpy,
     softmax: avx2::softmax,

@@ -42,7 +42,7 @@ pub(crate) const MIN_TOKENS: usize = 8;
 
 /// The [`F32Activations::layout`] slot of the split activations (the AMX
 /// tier's tiles use slot 0).
-const SLOT: usize = 1;
+pub(super) const SLOT: usize = 1;
 
 /// Weight rows per group: two registers of 16 lanes.
 const ROWS: usize = 32;
@@ -61,15 +61,15 @@ const STEPS: usize = QK / 4;
 /// weights) and `−128·Σq` (q8) per part.
 #[derive(Clone, Copy, Default, Debug)]
 #[repr(C)]
-struct XBlock {
-    q: [i32; 16],
-    d: [f32; 2],
-    start: [[i32; 2]; 2],
+pub(super) struct XBlock {
+    pub(super) q: [i32; 16],
+    pub(super) d: [f32; 2],
+    pub(super) start: [[i32; 2]; 2],
 }
 
 /// Which weights the kernel takes: q4 and q8.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Wt {
+pub(super) enum Wt {
     Q4 = 0,
     Q8 = 1,
 }
@@ -86,7 +86,7 @@ fn weight_type(w: &WeightsRef<'_>) -> Option<Wt> {
 /// accumulator starts: the reference of [`split_block_512`], and what it
 /// falls back to for a block with a NaN or an infinity (which make both
 /// scales NaN, so that it reaches the products as on the other tiers).
-fn split_block(xb: &[f32], m: &mut XBlock) {
+pub(super) fn split_block(xb: &[f32], m: &mut XBlock) {
     let amax = crate::quant::abs_max(xb);
     let d1 = amax / 127.0;
     let d2 = d1 / 254.0;
@@ -184,20 +184,32 @@ unsafe fn split_tokens(x: &F32Activations<'_>, first: usize, part: &mut [XBlock]
 /// `pool` (one matrix's input is split once, before its tasks start, so
 /// one thread splitting while the others wait would cost a whole pass).
 fn split_activations(x: &F32Activations<'_>, pool: &Pool) -> Split {
+    split_with(x, pool, &|first, part| {
+        // SAFETY: only reached from the AVX-512 table's entries, handed out
+        // after `avx512_available()`; `part` holds whole tokens from token
+        // `first` on.
+        unsafe { split_tokens(x, first, part) }
+    })
+}
+
+/// `x` split by `f(first token, blocks from that token on)`, whole tokens
+/// per thread of `pool`.
+pub(super) fn split_with(
+    x: &F32Activations<'_>,
+    pool: &Pool,
+    f: &(dyn Fn(usize, &mut [XBlock]) + Sync),
+) -> Split {
     let nb = x.cols() / QK;
     let mut blocks = FREE_BLOCKS.take(x.n() * nb);
     let tokens = x.n().div_ceil(pool.threads().max(1)).max(1);
     pool.for_chunks(&mut blocks, tokens * nb.max(1), &|i, part| {
-        // SAFETY: only reached from the AVX-512 table's entries, handed out
-        // after `avx512_available()`; `part` holds whole tokens from token
-        // `i · tokens` on.
-        unsafe { split_tokens(x, i * tokens, part) }
+        f(i * tokens, part)
     });
     Split(blocks)
 }
 
 /// Split activations, handed back to [`FREE_BLOCKS`] when dropped.
-struct Split(Vec<XBlock>);
+pub(super) struct Split(pub(super) Vec<XBlock>);
 
 /// Buffers of dropped [`Split`]s.
 static FREE_BLOCKS: super::Recycler<XBlock> = super::Recycler::new();
@@ -450,11 +462,11 @@ pub(crate) fn matmul_f32_entry(
 
 /// The [`F32Activations::layout`]-like slot of int8 activations in the
 /// tile kernel's form (slots 0–3 hold the decode kernels' forms).
-const Q8_SLOT: usize = 4;
+pub(super) const Q8_SLOT: usize = 4;
 
 /// Int8 activations in the tile kernel's form: each block as the first
 /// part of an [`XBlock`] (the split's first part is this quantization).
-fn int8_blocks(x: &Q8Activations, pool: &Pool) -> Split {
+pub(super) fn int8_blocks(x: &Q8Activations, pool: &Pool) -> Split {
     let nb = x.cols() / QK;
     let mut blocks = FREE_BLOCKS.take(x.n() * nb);
     let per = x.n().div_ceil(pool.threads().max(1)).max(1) * nb.max(1);
