@@ -10,6 +10,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use microllm_kernels::dispatch::{Isa, Kernels};
+use microllm_kernels::pool::Pool;
 use microllm_kernels::quant::{
     encode, BlockQ8, F32Activations, Q8Activations, QuantizedWeights, TensorType, WeightsRef, QK,
 };
@@ -107,9 +108,13 @@ fn run(
     n: usize,
     out: &mut [f32],
 ) {
+    // What a model runs: the in-place prompt kernels where the tier has
+    // them, on a pool of one thread.
+    static POOL: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
+    let pool = POOL.get_or_init(|| Pool::new(1));
     match a {
-        Some(a) => (k.matmul_q8_for(w).unwrap())(w, 0..w.rows(), a, out),
-        None => (k.matmul_f32)(w, 0..w.rows(), &F32Activations::new(x, n, w.cols()), out),
+        Some(a) => w.matmul_q8_with(k, pool, out, a),
+        None => w.matmul_act_with(k, pool, out, &F32Activations::new(x, n, w.cols())),
     }
 }
 
@@ -232,7 +237,7 @@ fn small(c: &mut Criterion) {
 fn dispatch(c: &mut Criterion) {
     use rayon::prelude::*;
     let mut g = config(c, "dispatch");
-    let pool = microllm_kernels::pool::Pool::new(2);
+    let pool = Pool::new(2);
     let rayon2 = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
         .build()

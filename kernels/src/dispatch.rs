@@ -82,13 +82,13 @@ impl Isa {
 
     /// A second part of the bound on f32-activation products, relative to
     /// `Σ |w|·max|x|` over the row (each weight times the largest input of
-    /// its block of 32): the AVX2 and AVX-512 tiers run prompts on int8
-    /// dot products, each block of activations split in two int8 parts, whose
+    /// its block of 32): the AVX-512 tier runs prompts on int8 dot
+    /// products, each block of activations split in two int8 parts, whose
     /// error is at most `max|x| / (2·127·254)` per value (see
     /// [`crate::x86::vnni`]); 0 on the other tiers.
     pub const fn f32_block_tolerance(self) -> f64 {
         match self {
-            Isa::Avx2 | Isa::Avx512 => 2e-5,
+            Isa::Avx512 => 2e-5,
             _ => 0.0,
         }
     }
@@ -128,6 +128,8 @@ pub type MatmulF32ColsFn =
 pub struct ColsKernel {
     /// Fewest tokens it pays for itself at.
     pub min_tokens: usize,
+    /// The weight types it takes (whose columns are whole blocks of 32).
+    pub takes: fn(crate::quant::TensorType) -> bool,
     /// The kernel.
     pub f: MatmulF32ColsFn,
     /// Arranges the activations for the kernel over the whole pool, once
@@ -144,7 +146,9 @@ pub type MatmulQ8ColsFn = fn(w: &WeightsRef<'_>, x: &Q8Activations, out: crate::
 pub struct Q8ColsKernel {
     /// Fewest tokens it pays for itself at.
     pub min_tokens: usize,
-    /// The kernel: q4 and q8 weights whose columns are whole blocks.
+    /// The weight types it takes (whose columns are whole blocks of 32).
+    pub takes: fn(crate::quant::TensorType) -> bool,
+    /// The kernel.
     pub f: MatmulQ8ColsFn,
     /// Arranges the activations for the kernel over the whole pool.
     pub prepare: fn(x: &Q8Activations, pool: &crate::pool::Pool),
@@ -182,11 +186,11 @@ pub struct Kernels {
     /// Any weights × f32 activations.
     pub matmul_f32: MatmulF32Fn,
     /// Prompts (f32 activations) written in place, where the tier has
-    /// such a kernel (AMX); [`Kernels::matmul_f32`] otherwise.
+    /// such a kernel; see [`Kernels::f32_cols_for`]. [`Kernels::matmul_f32`]
+    /// otherwise.
     pub matmul_f32_cols: Option<ColsKernel>,
-    /// Prompts on int8 activations (q4 and q8 weights) written in place,
-    /// where the tier has such a kernel (AVX-512 VNNI); see
-    /// [`Kernels::q8_cols_for`].
+    /// Prompts on int8 activations written in place, where the tier has
+    /// such a kernel (AVX2, AVX-512 VNNI); see [`Kernels::q8_cols_for`].
     pub matmul_q8_cols: Option<Q8ColsKernel>,
     /// `Σ a[i] · b[i]` (attention scores, f32 weights).
     pub dot: fn(a: &[f32], b: &[f32]) -> f32,
@@ -221,6 +225,11 @@ pub static SCALAR: Kernels = Kernels {
     softmax: crate::f32::softmax,
     silu_mul: crate::f32::silu_mul,
 };
+
+/// A [`ColsKernel::takes`] for kernels that take every weight type.
+pub(crate) fn takes_all(_: crate::quant::TensorType) -> bool {
+    true
+}
 
 /// [`Kernels::prepare_q8`] for kernels that need no arrangement.
 pub(crate) fn no_prepare_q8(_: &WeightsRef<'_>, _: &Q8Activations) {}
@@ -297,12 +306,19 @@ impl Kernels {
         }
     }
 
-    /// The in-place int8 kernel for `w` and `n` tokens, where the tier has
-    /// one that takes `w`'s type and shape at that many tokens.
+    /// The in-place f32-input kernel for `w` and `n` tokens, where the tier
+    /// has one that takes `w`'s type and shape at that many tokens.
+    pub fn f32_cols_for(&self, w: &WeightsRef<'_>, n: usize) -> Option<ColsKernel> {
+        let c = self.matmul_f32_cols?;
+        let takes = (c.takes)(w.ty()) && w.cols().is_multiple_of(crate::quant::QK);
+        (takes && n >= c.min_tokens && w.rows() > 0).then_some(c)
+    }
+
+    /// The in-place int8 kernel for `w` and `n` tokens, as
+    /// [`Kernels::f32_cols_for`].
     pub fn q8_cols_for(&self, w: &WeightsRef<'_>, n: usize) -> Option<Q8ColsKernel> {
-        use crate::quant::TensorType as T;
         let c = self.matmul_q8_cols?;
-        let takes = matches!(w.ty(), T::Q4 | T::Q8) && w.cols().is_multiple_of(crate::quant::QK);
+        let takes = (c.takes)(w.ty()) && w.cols().is_multiple_of(crate::quant::QK);
         (takes && n >= c.min_tokens && w.rows() > 0).then_some(c)
     }
 

@@ -317,7 +317,7 @@ proptest! {
         }
         for k in tiers() {
             // int8 activations, where the tier has an in-place kernel.
-            if let Some(c) = k.q8_cols_for(&w, n) {
+            if let Some(c) = k.matmul_q8_cols.filter(|c| (c.takes)(ty)) {
                 (c.prepare)(&a, &pool);
                 let mut got = vec![f32::NAN; n * rows];
                 (c.f)(&w, &a, Columns::new(&mut got, n, rows, r0..r1));
@@ -337,7 +337,8 @@ proptest! {
                     }
                 }
             }
-            let Some(c) = k.matmul_f32_cols else { continue };
+            // Any token count, below the tables' `min_tokens` too.
+            let Some(c) = k.matmul_f32_cols.filter(|c| (c.takes)(ty)) else { continue };
             let xa = F32Activations::new(&x, n, cols);
             (c.prepare)(&xa, &pool);
             let mut got = vec![f32::NAN; n * rows];

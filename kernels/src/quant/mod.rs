@@ -715,8 +715,8 @@ impl<'a> WeightsRef<'a> {
         assert_eq!(x.cols(), self.cols, "matmul: x is not (n, cols)");
         let n = x.n();
         assert_eq!(out.len(), n * self.rows, "matmul: out is not (n, rows)");
-        match k.matmul_f32_cols {
-            Some(c) if n >= c.min_tokens && self.cols.is_multiple_of(QK) && self.rows > 0 => {
+        match k.f32_cols_for(self, n) {
+            Some(c) => {
                 (c.prepare)(x, pool);
                 let per = prompt_columns_per_task(self.rows, pool);
                 pool.for_column_blocks(out, n, self.rows, per, &|_, o| (c.f)(self, x, o));

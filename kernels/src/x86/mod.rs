@@ -156,13 +156,10 @@ pub static AVX2: Kernels = Kernels {
     matmul_q4s24_q8: None,
     prepare_q8: crate::dispatch::no_prepare_q8,
     matmul_f32: avx2::matmul_f32_entry,
-    matmul_f32_cols: Some(crate::dispatch::ColsKernel {
-        min_tokens: maddubs::MIN_TOKENS,
-        f: maddubs::matmul_f32_cols,
-        prepare: maddubs::prepare_f32,
-    }),
+    matmul_f32_cols: None,
     matmul_q8_cols: Some(crate::dispatch::Q8ColsKernel {
         min_tokens: maddubs::MIN_TOKENS,
+        takes: maddubs::takes,
         f: maddubs::matmul_q8_cols,
         prepare: maddubs::prepare_q8,
     }),
@@ -184,11 +181,13 @@ pub static AVX512: Kernels = Kernels {
     matmul_f32: vnni::matmul_f32_entry,
     matmul_f32_cols: Some(crate::dispatch::ColsKernel {
         min_tokens: vnni::MIN_TOKENS,
+        takes: crate::dispatch::takes_all,
         f: vnni::matmul_f32_cols,
         prepare: vnni::prepare_f32,
     }),
     matmul_q8_cols: Some(crate::dispatch::Q8ColsKernel {
         min_tokens: vnni::MIN_TOKENS,
+        takes: vnni::takes_q8,
         f: vnni::matmul_q8_cols,
         prepare: vnni::prepare_q8,
     }),
@@ -212,6 +211,7 @@ pub static AMX: Kernels = Kernels {
     matmul_f32: amx::matmul_f32_entry,
     matmul_f32_cols: Some(crate::dispatch::ColsKernel {
         min_tokens: amx::MIN_TOKENS,
+        takes: crate::dispatch::takes_all,
         f: amx::matmul_f32_cols,
         prepare: amx::prepare_f32,
     }),

@@ -42,7 +42,7 @@ pub(crate) const MIN_TOKENS: usize = 8;
 
 /// The [`F32Activations::layout`] slot of the split activations (the AMX
 /// tier's tiles use slot 0).
-pub(super) const SLOT: usize = 1;
+const SLOT: usize = 1;
 
 /// Weight rows per group: two registers of 16 lanes.
 const ROWS: usize = 32;
@@ -86,7 +86,7 @@ fn weight_type(w: &WeightsRef<'_>) -> Option<Wt> {
 /// accumulator starts: the reference of [`split_block_512`], and what it
 /// falls back to for a block with a NaN or an infinity (which make both
 /// scales NaN, so that it reaches the products as on the other tiers).
-pub(super) fn split_block(xb: &[f32], m: &mut XBlock) {
+fn split_block(xb: &[f32], m: &mut XBlock) {
     let amax = crate::quant::abs_max(xb);
     let d1 = amax / 127.0;
     let d2 = d1 / 254.0;
@@ -194,7 +194,7 @@ fn split_activations(x: &F32Activations<'_>, pool: &Pool) -> Split {
 
 /// `x` split by `f(first token, blocks from that token on)`, whole tokens
 /// per thread of `pool`.
-pub(super) fn split_with(
+fn split_with(
     x: &F32Activations<'_>,
     pool: &Pool,
     f: &(dyn Fn(usize, &mut [XBlock]) + Sync),
@@ -498,6 +498,12 @@ fn int8_of(x: &Q8Activations) -> &[XBlock] {
 /// tile kernel's form, over `pool`, before the matrix's tasks start.
 pub(crate) fn prepare_q8(x: &Q8Activations, pool: &Pool) {
     x.layout(Q8_SLOT, || int8_blocks(x, pool));
+}
+
+/// The int8 entry's [`crate::dispatch::Q8ColsKernel::takes`]: q4 and q8.
+pub(crate) fn takes_q8(ty: crate::quant::TensorType) -> bool {
+    use crate::quant::TensorType as T;
+    matches!(ty, T::Q4 | T::Q8)
 }
 
 /// The table's in-place int8 entry (see [`crate::dispatch::Q8ColsKernel`]):
