@@ -55,14 +55,9 @@ const _: () = assert!(std::mem::size_of::<Line>() == 32);
 
 /// A task's packed weights: per group, block and step one [`Line`], and
 /// per group and block 8 f32 scales.
-#[derive(Default)]
-struct Packed {
-    lines: Vec<Line>,
-    scales: Vec<f32>,
-}
+type Packed = super::Packed<Line>;
 
 thread_local! {
-    /// A task's packed weights, kept between tasks.
     static PACKED: RefCell<Packed> = RefCell::new(Packed::default());
 }
 

@@ -110,6 +110,16 @@ pub(crate) fn into_row_major(
     }
 }
 
+/// A prompt task's packed weights: the kernel's lines of weight bytes
+/// (per group of rows, block and step) and, per group and block, its
+/// rows' f32 scales. Each kernel keeps one per thread between tasks, so
+/// that a prompt does not allocate (and fault in) them per task.
+#[derive(Default)]
+pub(crate) struct Packed<L> {
+    pub(crate) lines: Vec<L>,
+    pub(crate) scales: Vec<f32>,
+}
+
 /// Buffers that dropped activation layouts give back, for the next input
 /// to reuse: a prompt arranges several inputs per layer, and a fresh
 /// buffer each time would be zeroed and faulted in again by one thread.

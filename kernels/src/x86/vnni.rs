@@ -235,15 +235,9 @@ const _: () = assert!(std::mem::size_of::<Line>() == 64);
 
 /// A task's packed weights: per group, block and step two [`Line`]s
 /// (rows 0–15, 16–31), and per group and block 32 f32 scales.
-#[derive(Default)]
-struct Packed {
-    lines: Vec<Line>,
-    scales: Vec<f32>,
-}
+type Packed = super::Packed<Line>;
 
 thread_local! {
-    /// A task's packed weights, kept between tasks so that a prompt does
-    /// not allocate (and fault in) them per task.
     static PACKED: RefCell<Packed> = RefCell::new(Packed::default());
 }
 
