@@ -1,26 +1,27 @@
-//! AVX2 prompt kernel: q4 weights × int8 activations (`--act int8`) on
-//! `vpmaddubsw`, for x86 CPUs without AVX-512 (Intel before Ice Lake, AMD
-//! before Zen 4).
+//! AVX2 prompt kernel: q4 and q8 weights × int8 activations (`--act
+//! int8`) on `vpmaddubsw`, for x86 CPUs without AVX-512 (Intel before Ice
+//! Lake, AMD before Zen 4).
 //!
 //! `vpmaddubsw` multiplies 32 unsigned bytes by 32 signed bytes and adds
 //! neighbouring pairs into 16-bit lanes. With q4 nibbles (0..15) against
 //! int8 activations (±127) a pair is at most 3,810, so the eight steps of a
 //! block of 32 columns add up in 16 bits without saturating (30,480), and
 //! one `vpmaddwd` per block widens them: about two instructions per 32
-//! multiply-adds, where f32 FMAs take four. The activations are the
-//! AVX-512 kernel's int8 blocks ([`super::vnni`]).
+//! multiply-adds, where f32 FMAs take four. q8 weights are signed: they
+//! go in as `|w|` against `x·sign(w)` (`vpsignb`), a pair up to
+//! 2·128·127, widened at every step: four instructions per 32. The
+//! activations are the AVX-512 kernel's int8 blocks ([`super::vnni`]).
 //!
 //! Not used for f32 inputs: the AVX-512 kernel's two-part split (for f32
 //! accuracy) doubles the integer work, and on this tier that came out no
 //! faster than the f32 FMA kernels (pp512 q4 at 2 threads: 552 against
-//! 540 tok/s), so prompts keep those. Nor for q8 weights, whose pairs
-//! (up to 2·127·127) would saturate 16 bits.
+//! 540 tok/s), so prompts keep those.
 //!
 //! Layout: per group of 8 weight rows, block and step of 4 columns, the 8
-//! rows' 4 nibbles as bytes (one register); the nibble offset 8 is taken
-//! off through each block's accumulator start, as in [`super::vnni`].
-//! Products: the 8 lanes are 8 weight rows of one token, stored straight
-//! into `out (n, rows)`.
+//! rows' 4 bytes (q4: nibbles as bytes; one register); the nibble offset 8
+//! is taken off through each block's accumulator start, as in
+//! [`super::vnni`]. Products: the 8 lanes are 8 weight rows of one token,
+//! stored straight into `out (n, rows)`.
 
 // Index loops over small register arrays read closest to the math here.
 #![allow(clippy::needless_range_loop)]
@@ -61,44 +62,57 @@ thread_local! {
     static PACKED: RefCell<Packed> = RefCell::new(Packed::default());
 }
 
-/// q4 weight rows `rows` of `w` into `p` (groups of 8, zero rows with zero
-/// scales past the end).
-fn pack_q4(w: &WeightsRef<'_>, rows: Range<usize>, p: &mut Packed) {
-    let Planes::Q4 { quants, scales } = w.planes() else {
-        unreachable!("pack_q4: q4 weights only")
-    };
+/// Weight rows `rows` of `w` into `p` (groups of 8, zero rows with zero
+/// scales past the end): q4 nibbles as bytes, q8 bytes as they are.
+fn pack_weights(w: &WeightsRef<'_>, rows: Range<usize>, p: &mut Packed) {
     let nb = w.cols() / QK;
     let groups = rows.len().div_ceil(ROWS);
     p.lines.clear();
     p.lines.resize(groups * nb * STEPS, Line::default());
     p.scales.clear();
     p.scales.resize(groups * nb * ROWS, 0.0);
+    let word = |q: &[u8]| u32::from_le_bytes([q[0], q[1], q[2], q[3]]);
     for (i, r) in rows.enumerate() {
         let (g, lane) = (i / ROWS, i % ROWS);
         for b in 0..nb {
-            let qs = &quants[r * nb + b].qs;
-            for k in 0..4 {
-                // Byte j holds element j (low nibble) and j + 16.
-                let v =
-                    u32::from_le_bytes([qs[4 * k], qs[4 * k + 1], qs[4 * k + 2], qs[4 * k + 3]]);
-                let at = (g * nb + b) * STEPS;
-                p.lines[at + k].0[lane] = v & 0x0F0F_0F0F;
-                p.lines[at + k + 4].0[lane] = (v >> 4) & 0x0F0F_0F0F;
-            }
-            p.scales[(g * nb + b) * ROWS + lane] = scales[r * nb + b].to_f32();
+            let at = (g * nb + b) * STEPS;
+            let d = match w.planes() {
+                Planes::Q4 { quants, scales } => {
+                    let qs = &quants[r * nb + b].qs;
+                    for k in 0..4 {
+                        // Byte j holds element j (low nibble) and j + 16.
+                        let v = word(&qs[4 * k..]);
+                        p.lines[at + k].0[lane] = v & 0x0F0F_0F0F;
+                        p.lines[at + k + 4].0[lane] = (v >> 4) & 0x0F0F_0F0F;
+                    }
+                    scales[r * nb + b]
+                }
+                Planes::Q8 { quants, scales } => {
+                    let qs: &[u8; QK] = bytemuck::cast_ref(&quants[r * nb + b].qs);
+                    for s in 0..STEPS {
+                        p.lines[at + s].0[lane] = word(&qs[4 * s..]);
+                    }
+                    scales[r * nb + b]
+                }
+                _ => unreachable!("pack_weights: the AVX2 tile takes q4 and q8"),
+            };
+            p.scales[(g * nb + b) * ROWS + lane] = d.to_f32();
         }
     }
 }
 
 /// One tile: the group's 8 rows × tokens `t0..t0 + T`, over all blocks,
-/// stored into view columns `c0..c0 + valid` of `out`.
+/// stored into view columns `c0..c0 + valid` of `out`. q4 (`Q8` false):
+/// unsigned nibbles, a block's 8 steps summed in 16 bits; q8: signed
+/// bytes, multiplied as `|w| · (x·sign w)` (a pair at most 2·128·127, so
+/// each step is widened to 32 bits at once).
 ///
 /// # Safety
 /// AVX2 and FMA present; `lines`/`scales` hold the group's `nb` blocks;
 /// `x` holds tokens `t0..t0 + T`, `nb` blocks each.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const T: usize>(
+unsafe fn tile<const T: usize, const Q8: bool>(
     lines: &[Line],
     scales: &[f32],
     x: &[XBlock],
@@ -119,15 +133,28 @@ unsafe fn tile<const T: usize>(
         let mut acc = [_mm256_setzero_si256(); T];
         for s in 0..STEPS {
             let w = _mm256_load_si256(wl.add(b * STEPS + s) as *const __m256i);
-            for t in 0..T {
-                let xv = _mm256_set1_epi32((*xp.add(t * nb + b)).q[s]);
-                acc[t] = _mm256_add_epi16(acc[t], _mm256_maddubs_epi16(w, xv));
+            if Q8 {
+                let wa = _mm256_abs_epi8(w);
+                for t in 0..T {
+                    let xv = _mm256_set1_epi32((*xp.add(t * nb + b)).q[s]);
+                    let p = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(xv, w));
+                    acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(p, ones));
+                }
+            } else {
+                for t in 0..T {
+                    let xv = _mm256_set1_epi32((*xp.add(t * nb + b)).q[s]);
+                    acc[t] = _mm256_add_epi16(acc[t], _mm256_maddubs_epi16(w, xv));
+                }
             }
         }
         for t in 0..T {
             let m = &*xp.add(t * nb + b);
-            let start = _mm256_set1_epi32(m.start[Wt::Q4 as usize][0]);
-            let sum = _mm256_add_epi32(_mm256_madd_epi16(acc[t], ones), start);
+            let sum = if Q8 {
+                acc[t]
+            } else {
+                let start = _mm256_set1_epi32(m.start[Wt::Q4 as usize][0]);
+                _mm256_add_epi32(_mm256_madd_epi16(acc[t], ones), start)
+            };
             let v = _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(m.d[0]));
             f[t] = _mm256_fmadd_ps(v, dw, f[t]);
         }
@@ -139,12 +166,12 @@ unsafe fn tile<const T: usize>(
     }
 }
 
-/// q4 weight rows `rows` × the `n` int8 tokens of `x` into `out`, whose
-/// columns stand for those rows.
+/// Weight rows `rows` (q8 when `Q8`, else q4) × the `n` int8 tokens of
+/// `x` into `out`, whose columns stand for those rows.
 ///
 /// # Safety
 /// AVX2 and FMA present.
-unsafe fn matmul(
+unsafe fn matmul<const Q8: bool>(
     w: &WeightsRef<'_>,
     rows: Range<usize>,
     x: &[XBlock],
@@ -156,7 +183,7 @@ unsafe fn matmul(
     assert_eq!(x.len(), n * nb, "matmul: arranged activations");
     PACKED.with(|p| {
         let p = &mut *p.borrow_mut();
-        pack_q4(w, rows.clone(), p);
+        pack_weights(w, rows.clone(), p);
         for g in 0..rows.len().div_ceil(ROWS) {
             let lines = &p.lines[g * nb * STEPS..][..nb * STEPS];
             let scales = &p.scales[g * nb * ROWS..][..nb * ROWS];
@@ -166,15 +193,17 @@ unsafe fn matmul(
             while t0 < n {
                 let left = n - t0;
                 let o = &mut out;
-                match left.min(TOKENS) {
-                    6 => tile::<6>(lines, scales, x, nb, t0, o, c0, valid),
-                    5 => tile::<5>(lines, scales, x, nb, t0, o, c0, valid),
-                    4 => tile::<4>(lines, scales, x, nb, t0, o, c0, valid),
-                    3 => tile::<3>(lines, scales, x, nb, t0, o, c0, valid),
-                    2 => tile::<2>(lines, scales, x, nb, t0, o, c0, valid),
-                    _ => tile::<1>(lines, scales, x, nb, t0, o, c0, valid),
+                // q8 needs one more register (|w|): a token fewer.
+                let per = if Q8 { TOKENS - 1 } else { TOKENS };
+                match left.min(per) {
+                    6 => tile::<6, Q8>(lines, scales, x, nb, t0, o, c0, valid),
+                    5 => tile::<5, Q8>(lines, scales, x, nb, t0, o, c0, valid),
+                    4 => tile::<4, Q8>(lines, scales, x, nb, t0, o, c0, valid),
+                    3 => tile::<3, Q8>(lines, scales, x, nb, t0, o, c0, valid),
+                    2 => tile::<2, Q8>(lines, scales, x, nb, t0, o, c0, valid),
+                    _ => tile::<1, Q8>(lines, scales, x, nb, t0, o, c0, valid),
                 }
-                t0 += left.min(TOKENS);
+                t0 += left.min(per);
             }
         }
     });
@@ -185,24 +214,26 @@ pub(crate) fn prepare_q8(x: &Q8Activations, pool: &Pool) {
     x.layout(vnni::Q8_SLOT, || vnni::int8_blocks(x, pool));
 }
 
-/// The table's [`crate::dispatch::Q8ColsKernel::takes`]: q4 only (other
+/// The table's [`crate::dispatch::Q8ColsKernel::takes`]: q4 and q8 (other
 /// types run the AVX2 row kernels).
 pub(crate) fn takes(ty: crate::quant::TensorType) -> bool {
-    ty == crate::quant::TensorType::Q4
+    use crate::quant::TensorType as T;
+    matches!(ty, T::Q4 | T::Q8)
 }
 
-/// q4 weights whose columns are whole blocks, or a panic naming `what`.
+/// q4 or q8 weights whose columns are whole blocks, or a panic naming
+/// `what`.
 fn check(w: &WeightsRef<'_>, what: &str) {
     assert!(
         takes(w.ty()) && w.cols().is_multiple_of(QK),
-        "{what}: the AVX2 tile takes q4 weights of whole blocks, got {} × {}",
+        "{what}: the AVX2 tile takes q4 and q8 weights of whole blocks, got {} × {}",
         w.ty(),
         w.cols()
     );
 }
 
 /// The table's in-place int8 entry (see [`crate::dispatch::Q8ColsKernel`]):
-/// q4 weights.
+/// q4 and q8 weights.
 pub(crate) fn matmul_q8_cols(w: &WeightsRef<'_>, x: &Q8Activations, out: Columns<'_>) {
     assert!(out.cols().end <= w.rows(), "matmul_q8: rows out of range");
     assert_eq!(out.n(), x.n(), "matmul_q8: out has other tokens than x");
@@ -215,5 +246,10 @@ pub(crate) fn matmul_q8_cols(w: &WeightsRef<'_>, x: &Q8Activations, out: Columns
     // built on it), handed out after `avx2_available()`: AVX2 and FMA
     // present. Shapes are checked above; stores go through
     // `Columns::row_mut`'s bounds.
-    unsafe { matmul(w, out.cols(), xs, x.n(), out) }
+    unsafe {
+        match w.ty() {
+            crate::quant::TensorType::Q8 => matmul::<true>(w, out.cols(), xs, x.n(), out),
+            _ => matmul::<false>(w, out.cols(), xs, x.n(), out),
+        }
+    }
 }
