@@ -84,7 +84,7 @@ impl Isa {
     /// `Σ |w|·max|x|` over the row (each weight times the largest input of
     /// its block of 32): the AVX-512 tier runs prompts on int8 dot
     /// products, each block of activations split in two int8 parts, whose
-    /// error is at most `max|x| / (2·127·254)` per value (see
+    /// error is at most `max|x| / (2·127·256)` per value (see
     /// [`crate::x86::vnni`]); 0 on the other tiers.
     pub const fn f32_block_tolerance(self) -> f64 {
         match self {

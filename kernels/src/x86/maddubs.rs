@@ -152,7 +152,7 @@ unsafe fn tile<const T: usize, const Q8: bool>(
             let sum = if Q8 {
                 acc[t]
             } else {
-                let start = _mm256_set1_epi32(m.start[Wt::Q4 as usize][0]);
+                let start = _mm256_set1_epi32(m.start[Wt::Q4 as usize]);
                 _mm256_add_epi32(_mm256_madd_epi16(acc[t], ones), start)
             };
             let v = _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(m.d[0]));

@@ -1,29 +1,32 @@
 //! AVX-512 VNNI prompt kernel: q4 and q8 weights × f32 activations on the
 //! int8 dot-product instruction, for CPUs without AMX (AMD Zen 4, Intel Ice
-//! Lake).
+//! Lake); with one part per block (below), × int8 activations too.
 //!
 //! `vpdpbusd` does 64 int8 multiply-adds per instruction, and recent cores
 //! issue two per cycle: four times the f32 FMA rate. To keep prompts at
 //! f32 accuracy, each block of 32 activations is split in two int8 parts,
-//! `x ≈ d·q_hi + (d/254)·q_lo` with `d = max|x| / 127`: what the first part
-//! leaves is at most `d/2`, so the second part stays within ±127, and the
-//! error is at most `max|x| / (2·127·254)`, about 1.6e-5 of the block's
-//! largest value ([`crate::dispatch::Isa::f32_block_tolerance`]). Both parts
-//! run through the same integer loop, as two blocks with their own scales:
-//! twice the int8 work, still half the f32 FMA work, and the weights are
-//! never turned into floats.
+//! `x ≈ d·q_hi + (d/256)·q_lo` with `d = max|x| / 127`: what the first part
+//! leaves is at most `d/2`, so the second part is within ±128 (a +128 is
+//! carried into `q_hi`), and the error is at most `max|x| / (2·127·256)`,
+//! about 1.5e-5 of the block's largest value
+//! ([`crate::dispatch::Isa::f32_block_tolerance`]). Both parts run through
+//! the same integer loop into one accumulator, shifted left 8 bits between
+//! them, so a block ends in one integer `256·Σw·q_hi + Σw·q_lo` and one
+//! scale, `d/256`: twice the int8 work, still half the f32 FMA work, and
+//! the weights are never turned into floats.
 //!
 //! Layout:
 //! - activations: per token and block, the 32 bytes of `q_hi` then the 32
-//!   of `q_lo`, and beside them both parts' scales and accumulator starts
-//!   (below). Built once per input ([`F32Activations::layout`]).
+//!   of `q_lo`, and beside them the parts' scales and the accumulator
+//!   correction (below). Built once per input ([`F32Activations::layout`]).
 //! - weights: per group of 32 rows, block and step of 4 columns, the 32
 //!   rows' 4 bytes as unsigned bytes (`vpdpbusd` multiplies unsigned by
 //!   signed bytes): q4 nibbles `n` for the value `n − 8`, q8 `w + 128`. The
-//!   offset is taken off by starting each block's accumulator at
-//!   `−8·Σq` or `−128·Σq` (computed with the activations), exactly, in
-//!   integers. Packed per pool task, so the file keeps its layout and the
-//!   cost is spread over every token of the prompt.
+//!   offset is taken off by adding `−8·Σq` or `−128·Σq` (the split's
+//!   `Σq = 256·Σq_hi + Σq_lo`, computed with the activations) to each
+//!   block's sum, exactly, in integers. Packed per pool task, so the file
+//!   keeps its layout and the cost is spread over every token of the
+//!   prompt.
 //! - products: the lanes of a register are 16 weight rows of one token,
 //!   stored straight into `out (n, rows)`: nothing is transposed.
 
@@ -56,15 +59,16 @@ const TOKENS: usize = 6;
 const STEPS: usize = QK / 4;
 
 /// One token's block, split: both parts' 32 bytes as the dwords that
-/// `vpdpbusd` broadcasts (`q_hi` in 0..8, `q_lo` in 8..16), the parts'
-/// scales `d` and `d/254`, and the accumulator starts `−8·Σq` (q4
-/// weights) and `−128·Σq` (q8) per part.
+/// `vpdpbusd` broadcasts (`q_hi` in 0..8, `q_lo` in 8..16), the scales of
+/// a whole block's sum (`[d, d/256]`: `d[0]` for int8 blocks, one part;
+/// `d[1]` for split ones) and the offset corrections `−8·Σq` (q4 weights)
+/// and `−128·Σq` (q8), `Σq` over the parts as they are summed.
 #[derive(Clone, Copy, Default, Debug)]
 #[repr(C)]
 pub(super) struct XBlock {
     pub(super) q: [i32; 16],
     pub(super) d: [f32; 2],
-    pub(super) start: [[i32; 2]; 2],
+    pub(super) start: [i32; 2],
 }
 
 /// Which weights the kernel takes: q4 and q8.
@@ -89,7 +93,7 @@ fn weight_type(w: &WeightsRef<'_>) -> Option<Wt> {
 fn split_block(xb: &[f32], m: &mut XBlock) {
     let amax = crate::quant::abs_max(xb);
     let d1 = amax / 127.0;
-    let d2 = d1 / 254.0;
+    let d2 = d1 / 256.0;
     let id1 = if d1 > 0.0 { 1.0 / d1 } else { 0.0 };
     let id2 = if d2 > 0.0 { 1.0 / d2 } else { 0.0 };
     let mut hi = [0i8; QK];
@@ -97,10 +101,17 @@ fn split_block(xb: &[f32], m: &mut XBlock) {
     for i in 0..QK {
         let v = xb[i];
         // `as` saturates and maps NaN to 0; the NaN scale carries it.
-        let q1 = (v * id1).round_ties_even().clamp(-127.0, 127.0);
+        let mut q1 = (v * id1).round_ties_even().clamp(-127.0, 127.0);
         let rest = (-d1).mul_add(q1, v);
+        let mut q2 = (rest * id2).round_ties_even().clamp(-128.0, 128.0);
+        if q2 == 128.0 {
+            // d·q1 + d/256·128 = d·(q1 + 1) − d/256·128; q1 ≤ 126 here,
+            // since the rest is +d/2 only below 127·d.
+            q1 += 1.0;
+            q2 = -128.0;
+        }
         hi[i] = q1 as i8;
-        lo[i] = (rest * id2).round_ties_even().clamp(-127.0, 127.0) as i8;
+        lo[i] = q2 as i8;
     }
     for s in 0..STEPS {
         m.q[s] = i32::from_le_bytes(std::array::from_fn(|j| hi[4 * s + j] as u8));
@@ -113,7 +124,8 @@ fn split_block(xb: &[f32], m: &mut XBlock) {
     } else {
         [f32::NAN; 2]
     };
-    m.start = [[-8 * s1, -8 * s2], [-128 * s1, -128 * s2]];
+    let sum = 256 * s1 + s2;
+    m.start = [-8 * sum, -128 * sum];
 }
 
 /// [`split_block`] on 512-bit registers, the same bits: the same
@@ -135,19 +147,22 @@ unsafe fn split_block_512(xb: &[f32; QK], m: &mut XBlock) {
         return split_block(xb, m);
     }
     let d1 = amax / 127.0;
-    let d2 = d1 / 254.0;
+    let d2 = d1 / 256.0;
     let id1 = _mm512_set1_ps(if d1 > 0.0 { 1.0 / d1 } else { 0.0 });
     let id2 = _mm512_set1_ps(if d2 > 0.0 { 1.0 / d2 } else { 0.0 });
-    let (lo_q, hi_q) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
-    let round_clamp = |y: __m512| {
+    let round_clamp = |y: __m512, lo: f32, hi: f32| {
         let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y);
-        _mm512_min_ps(_mm512_max_ps(r, lo_q), hi_q)
+        _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(lo)), _mm512_set1_ps(hi))
     };
     let mut sums = [_mm512_setzero_si512(); 2];
     for h in 0..2 {
-        let q1 = round_clamp(_mm512_mul_ps(v[h], id1));
+        let q1 = round_clamp(_mm512_mul_ps(v[h], id1), -127.0, 127.0);
         let rest = _mm512_fnmadd_ps(_mm512_set1_ps(d1), q1, v[h]);
-        let q2 = round_clamp(_mm512_mul_ps(rest, id2));
+        let q2 = round_clamp(_mm512_mul_ps(rest, id2), -128.0, 128.0);
+        // A +128 carried into q1, as in the reference.
+        let carry = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(q2, _mm512_set1_ps(128.0));
+        let q1 = _mm512_mask_add_ps(q1, carry, q1, _mm512_set1_ps(1.0));
+        let q2 = _mm512_mask_mov_ps(q2, carry, _mm512_set1_ps(-128.0));
         let (i1, i2) = (_mm512_cvtps_epi32(q1), _mm512_cvtps_epi32(q2));
         sums[0] = _mm512_add_epi32(sums[0], i1);
         sums[1] = _mm512_add_epi32(sums[1], i2);
@@ -164,7 +179,8 @@ unsafe fn split_block_512(xb: &[f32; QK], m: &mut XBlock) {
         _mm512_reduce_add_epi32(sums[1]),
     );
     m.d = [d1, d2];
-    m.start = [[-8 * s1, -8 * s2], [-128 * s1, -128 * s2]];
+    let sum = 256 * s1 + s2;
+    m.start = [-8 * sum, -128 * sum];
 }
 
 /// Tokens `first..` of `x` split into `part` (whole tokens).
@@ -324,11 +340,24 @@ unsafe fn tile<const T: usize, const PARTS: usize>(
             _mm512_loadu_ps(ws.add(b * ROWS)),
             _mm512_loadu_ps(ws.add(b * ROWS + 16)),
         ];
-        for part in 0..PARTS {
-            let mut acc = [[_mm512_setzero_si512(); 2]; T];
+        // One part: the sums start at the offset correction; two: it is
+        // added after the shift.
+        let mut acc = [[_mm512_setzero_si512(); 2]; T];
+        if PARTS == 1 {
             for t in 0..T {
-                let s = _mm512_set1_epi32((*x.add(t * nb + b)).start[ty][part]);
+                let s = _mm512_set1_epi32((*x.add(t * nb + b)).start[ty]);
                 acc[t] = [s, s];
+            }
+        }
+        for part in 0..PARTS {
+            if part == 1 {
+                // 256 · the first part's sums, then the second's added.
+                for t in 0..T {
+                    acc[t] = [
+                        _mm512_slli_epi32::<8>(acc[t][0]),
+                        _mm512_slli_epi32::<8>(acc[t][1]),
+                    ];
+                }
             }
             for s in 0..STEPS {
                 let l = wl.add((b * STEPS + s) * 2) as *const __m512i;
@@ -340,12 +369,19 @@ unsafe fn tile<const T: usize, const PARTS: usize>(
                     acc[t][1] = _mm512_dpbusd_epi32(acc[t][1], w1, xv);
                 }
             }
-            for t in 0..T {
-                let dx = _mm512_set1_ps((*x.add(t * nb + b)).d[part]);
-                for h in 0..2 {
-                    let v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[t][h]), dx);
-                    f[t][h] = _mm512_fmadd_ps(v, dw[h], f[t][h]);
-                }
+        }
+        for t in 0..T {
+            let m = &*x.add(t * nb + b);
+            let start = _mm512_set1_epi32(m.start[ty]);
+            let dx = _mm512_set1_ps(m.d[PARTS - 1]);
+            for h in 0..2 {
+                let sum = if PARTS == 1 {
+                    acc[t][h]
+                } else {
+                    _mm512_add_epi32(acc[t][h], start)
+                };
+                let v = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), dx);
+                f[t][h] = _mm512_fmadd_ps(v, dw[h], f[t][h]);
             }
         }
     }
@@ -475,8 +511,7 @@ pub(super) fn int8_blocks(x: &Q8Activations, pool: &Pool) -> Split {
             }
             let sum = row.sums[b];
             m.d[0] = row.scales[b];
-            m.start[Wt::Q4 as usize][0] = -8 * sum;
-            m.start[Wt::Q8 as usize][0] = -128 * sum;
+            m.start = [-8 * sum, -128 * sum];
         }
     });
     Split(blocks)
@@ -583,7 +618,7 @@ mod tests {
 
     proptest! {
         /// The 512-bit split gives the reference's bits, and both parts
-        /// together are within `max|x| / (2·127·254)` of every value.
+        /// together are within `max|x| / (2·127·256)` of every value.
         #[test]
         fn split_matches_reference_and_bound(
             seed in any::<u64>(),
@@ -605,9 +640,28 @@ mod tests {
             let bytes: &[i8; 64] = bytemuck::cast_ref(&a.q);
             for (i, &v) in xb.iter().enumerate() {
                 let y = a.d[0] as f64 * bytes[i] as f64 + a.d[1] as f64 * bytes[32 + i] as f64;
-                let bound = amax / (2.0 * 127.0 * 254.0) * 1.01;
+                let bound = amax / (2.0 * 127.0 * 256.0) * 1.01;
                 prop_assert!((y - v as f64).abs() <= bound, "{i}: {y} vs {v}");
             }
+        }
+    }
+
+    /// A rest that rounds to +128 is carried into the first part, the
+    /// same on both splits.
+    #[test]
+    fn a_rest_of_128_is_carried() {
+        let mut xb = [0.0f32; QK];
+        xb[0] = 127.0; // d = 1
+        xb[1] = 5.499; // 5 + 0.499 · 256 → 128 → 6 and −128
+        let mut a = XBlock::default();
+        split_block(&xb, &mut a);
+        let bytes: &[i8; 64] = bytemuck::cast_ref(&a.q);
+        assert_eq!((bytes[1], bytes[33]), (6, -128));
+        if crate::x86::avx512_available() {
+            let mut b = XBlock::default();
+            // SAFETY: AVX-512 checked above.
+            unsafe { split_block_512(&xb, &mut b) };
+            assert_eq!((a.q, a.start), (b.q, b.start));
         }
     }
 
