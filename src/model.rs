@@ -291,7 +291,7 @@ pub enum Activations {
     F32,
     /// int8 per block of 32 always, as llama.cpp does: integer products,
     /// at a small cost in accuracy (see `docs/performance.md`). The
-    /// fastest prompts on AVX-512 without AMX (about 1.4× the default
+    /// fastest prompts on AVX-512 without AMX (about 1.2–1.5× the default
     /// there, one int8 part per block instead of two).
     Int8,
 }
