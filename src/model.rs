@@ -868,6 +868,10 @@ const PROMPT_ATTENTION_CHUNK: usize = 64;
 ///   `P (group·c, lc)`, `lc` = `len` padded to whole blocks of 32;
 /// - `O (group·c, head_dim) = P · V_h`, with the first `lc` columns of
 ///   `V_hᵀ (head_dim, ctx)` as the matrix.
+///
+/// Each (key head, chunk) is one task of a single pool job, on one
+/// thread, last chunks (the largest) first: small products split over
+/// the threads would make them meet three times per chunk.
 #[allow(clippy::too_many_arguments)]
 fn prompt_attention(
     out: &mut [f32],
@@ -886,92 +890,110 @@ fn prompt_attention(
         group,
         scale,
     } = Heads::of(cfg);
+    let n_kv = cfg.n_kv_heads;
     let n = q.len() / q_dim;
     let n_ctx = pos0 + n;
     let ctx = n_ctx.next_multiple_of(microllm_kernels::quant::QK);
     let pool = pool::global();
-    let rows = group * n;
+    let chunks = n.div_ceil(PROMPT_ATTENTION_CHUNK);
     let chunk_rows = group * n.min(PROMPT_ATTENTION_CHUNK);
-    let AttentionScratch {
-        kh,
-        vt,
-        vc,
-        qg,
-        scores,
-        p,
-        o,
-    } = scratch;
-    // Every element that is read is written below, each layer, except
-    // V_hᵀ's padding columns, which stay 0 (the sizes are the same for
-    // every layer of one forward pass).
-    kh.resize(n_ctx * hd, 0.0);
-    vt.resize(hd * ctx, 0.0);
-    vc.resize(hd * ctx, 0.0);
-    qg.resize(rows * hd, 0.0);
-    scores.resize(chunk_rows * n_ctx, 0.0);
-    p.resize(chunk_rows * ctx, 0.0);
-    o.resize(rows * hd, 0.0);
-    for kvh in 0..cfg.n_kv_heads {
+    let AttentionScratch { kh, vt, o } = scratch;
+    // K_h (n_ctx, hd) and V_hᵀ (hd, ctx) of every key head; V_hᵀ's padding
+    // columns stay 0 (the sizes are the same for every layer of one
+    // forward pass).
+    kh.resize(n_kv * n_ctx * hd, 0.0);
+    vt.resize(n_kv * hd * ctx, 0.0);
+    o.resize(n_kv * chunks * chunk_rows * hd, 0.0);
+    pool.for_chunks(kh, n_ctx * hd, &|kvh, kh| {
         for (pos, row) in kh.chunks_exact_mut(hd).enumerate() {
             row.copy_from_slice(&k_cache[pos * kv_dim + kvh * hd..][..hd]);
         }
+    });
+    pool.for_chunks(vt, hd * ctx, &|kvh, vt| {
         for pos in 0..n_ctx {
             for (d, &v) in v_cache[pos * kv_dim + kvh * hd..][..hd].iter().enumerate() {
                 vt[d * ctx + pos] = v;
             }
         }
-        // Row t·group + g: token t's query of head kvh·group + g (the
-        // group's heads lie side by side in q and in out).
-        let heads = kvh * group * hd..(kvh + 1) * group * hd;
-        for (t, row) in qg.chunks_exact_mut(group * hd).enumerate() {
-            row.copy_from_slice(&q[t * q_dim..][heads.clone()]);
-        }
-        for t0 in (0..n).step_by(PROMPT_ATTENTION_CHUNK) {
-            let t1 = (t0 + PROMPT_ATTENTION_CHUNK).min(n);
-            let (r0, rc) = (t0 * group, (t1 - t0) * group);
-            let len = pos0 + t1;
-            let lc = len.next_multiple_of(microllm_kernels::quant::QK);
-            let k_mat =
-                WeightsRef::new(len, hd, Planes::F32(&kh[..len * hd])).expect("K_h is (len, hd)");
-            let sc = &mut scores[..rc * len];
-            k_mat.matmul_with(kern, pool, sc, &qg[r0 * hd..(r0 + rc) * hd], rc);
-            let sc = &*sc;
-            // Row (t, g) sees positions 0..=pos0 + t; the rest of P stays 0.
-            let pc = &mut p[..rc * lc];
-            pool.for_chunks(pc, lc, &|i, prow| {
-                let live = pos0 + t0 + i / group + 1;
+    });
+    let (kh, vt) = (&*kh, &*vt);
+    let one = serial_pool();
+    // Task i: chunk `chunks − 1 − i / n_kv` of key head `i % n_kv`; its
+    // output O (group·c, hd) in its own stretch of `o`.
+    let task = |i: usize| (i % n_kv, chunks - 1 - i / n_kv);
+    pool.for_chunks(o, chunk_rows * hd, &|i, o| {
+        let (kvh, c) = task(i);
+        let t0 = c * PROMPT_ATTENTION_CHUNK;
+        let t1 = (t0 + PROMPT_ATTENTION_CHUNK).min(n);
+        let rc = (t1 - t0) * group;
+        let len = pos0 + t1;
+        let lc = len.next_multiple_of(microllm_kernels::quant::QK);
+        TASK_SCRATCH.with(|ts| {
+            let ts = &mut *ts.borrow_mut();
+            let (qg, scores, p, vc) = (&mut ts.0, &mut ts.1, &mut ts.2, &mut ts.3);
+            // Row (t − t0)·group + g: token t's query of head kvh·group + g
+            // (the group's heads lie side by side in q and in out).
+            qg.clear();
+            for t in t0..t1 {
+                qg.extend_from_slice(&q[t * q_dim + kvh * group * hd..][..group * hd]);
+            }
+            let kh = &kh[kvh * n_ctx * hd..][..len * hd];
+            let k_mat = WeightsRef::new(len, hd, Planes::F32(kh)).expect("K_h is (len, hd)");
+            scores.resize(rc * len, 0.0);
+            k_mat.matmul_with(kern, one, scores, qg, rc);
+            // Row (t, g) sees positions 0..=pos0 + t; the rest of P is 0.
+            p.resize(rc * lc, 0.0);
+            for (r, prow) in p.chunks_exact_mut(lc).enumerate() {
+                let live = pos0 + t0 + r / group + 1;
                 let (live, masked) = prow.split_at_mut(live);
-                for (v, &s) in live.iter_mut().zip(&sc[i * len..]) {
+                for (v, &s) in live.iter_mut().zip(&scores[r * len..]) {
                     *v = s * scale;
                 }
                 (kern.softmax)(live);
                 masked.fill(0.0);
-            });
+            }
             // V_hᵀ's first lc columns, rows lc apart.
-            let vcc = &mut vc[..hd * lc];
-            for (d, row) in vcc.chunks_exact_mut(lc).enumerate() {
+            vc.resize(hd * lc, 0.0);
+            let vt = &vt[kvh * hd * ctx..][..hd * ctx];
+            for (d, row) in vc.chunks_exact_mut(lc).enumerate() {
                 row.copy_from_slice(&vt[d * ctx..][..lc]);
             }
-            let v_mat = WeightsRef::new(hd, lc, Planes::F32(vcc)).expect("V_hᵀ is (hd, lc)");
-            v_mat.matmul_with(kern, pool, &mut o[r0 * hd..(r0 + rc) * hd], pc, rc);
-        }
-        for (t, row) in o.chunks_exact(group * hd).enumerate() {
+            let v_mat = WeightsRef::new(hd, lc, Planes::F32(vc)).expect("V_hᵀ is (hd, lc)");
+            v_mat.matmul_with(kern, one, &mut o[..rc * hd], p, rc);
+        });
+    });
+    for (i, o) in o.chunks_exact(chunk_rows * hd).enumerate() {
+        let (kvh, c) = task(i);
+        let t0 = c * PROMPT_ATTENTION_CHUNK;
+        let heads = kvh * group * hd..(kvh + 1) * group * hd;
+        for (t, row) in (t0..(t0 + PROMPT_ATTENTION_CHUNK).min(n)).zip(o.chunks_exact(group * hd)) {
             out[t * q_dim..][heads.clone()].copy_from_slice(row);
         }
     }
 }
 
-/// Scratch of [`prompt_attention`], made once per forward pass: K_h
-/// (n_ctx, hd), V_hᵀ (hd, ctx) and a chunk's first columns of it, Q_g
-/// (rows, hd), a chunk's scores (rows, len) and P (rows, lc), O (rows, hd).
+/// A pool of one thread (the caller), for products inside a pool task.
+fn serial_pool() -> &'static Pool {
+    static ONE: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
+    ONE.get_or_init(|| Pool::new(1))
+}
+
+/// One [`prompt_attention`] task's Q_g (rows, hd), scores (rows, len), P
+/// (rows, lc) and V_hᵀ's first lc columns (hd, lc).
+type TaskScratch = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+
+thread_local! {
+    /// A [`TaskScratch`] per thread, kept between tasks.
+    static TASK_SCRATCH: std::cell::RefCell<TaskScratch> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new(), Vec::new())) };
+}
+
+/// Scratch of [`prompt_attention`], made once per forward pass: every key
+/// head's K_h (n_ctx, hd) and V_hᵀ (hd, ctx), and each task's O (rows, hd).
 #[derive(Default)]
 struct AttentionScratch {
     kh: Vec<f32>,
     vt: Vec<f32>,
-    vc: Vec<f32>,
-    qg: Vec<f32>,
-    scores: Vec<f32>,
-    p: Vec<f32>,
     o: Vec<f32>,
 }
 

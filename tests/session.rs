@@ -43,6 +43,36 @@ fn prefill_at_once_equals_token_by_token() {
     assert!(max_diff(&rest, &all[(ids.len() - 1) * vocab..]) < 1e-5);
 }
 
+/// Prompts long enough for the prompt attention (8 tokens and more, in
+/// chunks of 64 queries, one pool task per key head and chunk): the same
+/// logits as one token at a time, and as the prompt in two parts (the
+/// second starting mid-chunk, after cached positions).
+#[test]
+fn long_prefill_equals_token_by_token_and_two_parts() {
+    let dir = tiny_llama_folder_ctx("prefill-long", 256, |_| {});
+    let m = Model::load(&dir).unwrap();
+    std::fs::remove_dir_all(dir).ok();
+    let ids: Vec<u32> = (0..150u32).map(|i| 10 + (i * 7919) % 1000).collect();
+    let vocab = m.config().vocab_size;
+    let all = m
+        .forward(&ids, &mut m.new_cache(ids.len()), Logits::All)
+        .unwrap();
+    let scale = all.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    let tol = 1e-4 * scale.max(1.0);
+    let mut cache = m.new_cache(ids.len());
+    for (i, &t) in ids.iter().enumerate() {
+        let step = m.forward(&[t], &mut cache, Logits::Last).unwrap();
+        let d = max_diff(&step, &all[i * vocab..(i + 1) * vocab]);
+        assert!(d < tol, "position {i}: {d} (tolerance {tol})");
+    }
+    let mut cache = m.new_cache(ids.len());
+    let first = m.forward(&ids[..70], &mut cache, Logits::All).unwrap();
+    let rest = m.forward(&ids[70..], &mut cache, Logits::All).unwrap();
+    let parts: Vec<f32> = first.into_iter().chain(rest).collect();
+    let d = max_diff(&parts, &all);
+    assert!(d < tol, "two parts: {d} (tolerance {tol})");
+}
+
 #[test]
 fn set_tokens_reuses_prefix_and_matches_fresh_run() {
     let m = tiny("prefix");

@@ -148,6 +148,15 @@ pub fn tiny_llama_folder(
     tag: &str,
     edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>),
 ) -> PathBuf {
+    tiny_llama_folder_ctx(tag, 64, edit)
+}
+
+/// [`tiny_llama_folder`] with a context of `ctx` positions.
+pub fn tiny_llama_folder_ctx(
+    tag: &str,
+    ctx: usize,
+    edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>),
+) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("microllm-tiny-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -160,7 +169,7 @@ pub fn tiny_llama_folder(
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "hidden_size": dim, "intermediate_size": hidden, "num_hidden_layers": layers,
         "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": head_dim,
-        "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "max_position_embeddings": ctx, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
         "tie_word_embeddings": true, "vocab_size": vocab, "bos_token_id": 1, "eos_token_id": 2,
         "hidden_act": "silu"
     });
