@@ -28,7 +28,7 @@
 
 use super::vnni::{self, Wt, XBlock};
 use crate::pool::{Columns, Pool};
-use crate::quant::{Planes, Q8Activations, WeightsRef, QK};
+use crate::quant::{Q8Activations, WeightsRef, QK};
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -54,51 +54,18 @@ struct Line([u32; 8]);
 
 const _: () = assert!(std::mem::size_of::<Line>() == 32);
 
+impl AsMut<[u32]> for Line {
+    fn as_mut(&mut self) -> &mut [u32] {
+        &mut self.0
+    }
+}
+
 /// A task's packed weights: per group, block and step one [`Line`], and
 /// per group and block 8 f32 scales.
 type Packed = super::Packed<Line>;
 
 thread_local! {
     static PACKED: RefCell<Packed> = RefCell::new(Packed::default());
-}
-
-/// Weight rows `rows` of `w` into `p` (groups of 8, zero rows with zero
-/// scales past the end): q4 nibbles as bytes, q8 bytes as they are.
-fn pack_weights(w: &WeightsRef<'_>, rows: Range<usize>, p: &mut Packed) {
-    let nb = w.cols() / QK;
-    let groups = rows.len().div_ceil(ROWS);
-    p.lines.clear();
-    p.lines.resize(groups * nb * STEPS, Line::default());
-    p.scales.clear();
-    p.scales.resize(groups * nb * ROWS, 0.0);
-    let word = |q: &[u8]| u32::from_le_bytes([q[0], q[1], q[2], q[3]]);
-    for (i, r) in rows.enumerate() {
-        let (g, lane) = (i / ROWS, i % ROWS);
-        for b in 0..nb {
-            let at = (g * nb + b) * STEPS;
-            let d = match w.planes() {
-                Planes::Q4 { quants, scales } => {
-                    let qs = &quants[r * nb + b].qs;
-                    for k in 0..4 {
-                        // Byte j holds element j (low nibble) and j + 16.
-                        let v = word(&qs[4 * k..]);
-                        p.lines[at + k].0[lane] = v & 0x0F0F_0F0F;
-                        p.lines[at + k + 4].0[lane] = (v >> 4) & 0x0F0F_0F0F;
-                    }
-                    scales[r * nb + b]
-                }
-                Planes::Q8 { quants, scales } => {
-                    let qs: &[u8; QK] = bytemuck::cast_ref(&quants[r * nb + b].qs);
-                    for s in 0..STEPS {
-                        p.lines[at + s].0[lane] = word(&qs[4 * s..]);
-                    }
-                    scales[r * nb + b]
-                }
-                _ => unreachable!("pack_weights: the AVX2 tile takes q4 and q8"),
-            };
-            p.scales[(g * nb + b) * ROWS + lane] = d.to_f32();
-        }
-    }
 }
 
 /// One tile: the group's 8 rows × tokens `t0..t0 + T`, over all blocks,
@@ -183,7 +150,8 @@ unsafe fn matmul<const Q8: bool>(
     assert_eq!(x.len(), n * nb, "matmul: arranged activations");
     PACKED.with(|p| {
         let p = &mut *p.borrow_mut();
-        pack_weights(w, rows.clone(), p);
+        // q8 bytes as they are (signed, against x·sign w).
+        p.pack(w, rows.clone(), ROWS, 0);
         for g in 0..rows.len().div_ceil(ROWS) {
             let lines = &p.lines[g * nb * STEPS..][..nb * STEPS];
             let scales = &p.scales[g * nb * ROWS..][..nb * ROWS];

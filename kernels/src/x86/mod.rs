@@ -3,6 +3,8 @@
 //! which [`crate::dispatch`] hands out after checking the CPU.
 
 use crate::dispatch::{Isa, Kernels};
+use crate::quant::{Planes, WeightsRef, QK};
+use std::ops::Range;
 
 /// Compiles a generic body with a tier's `target_feature` set: `fn` gives
 /// the `unsafe fn` that the tier's kernels call, `entry fn` a safe table
@@ -118,6 +120,62 @@ pub(crate) fn into_row_major(
 pub(crate) struct Packed<L> {
     pub(crate) lines: Vec<L>,
     pub(crate) scales: Vec<f32>,
+}
+
+impl<L: Clone + Default + AsMut<[u32]>> Packed<L> {
+    /// Weight rows `rows` of q4 or q8 `w`, in groups of `group` rows (zero
+    /// rows with zero scales past the end): per group, block of 32 columns
+    /// and step of 4, the group's 4 bytes per row as the lanes of
+    /// `group / lanes` lines (`lanes` = u32s per `L`), q4 nibbles as
+    /// bytes and q8 words XORed with `q8_flip` (`0x8080_8080`: `w + 128`
+    /// as unsigned bytes; 0: as they are); per group and block, the rows'
+    /// scales.
+    pub(crate) fn pack(
+        &mut self,
+        w: &WeightsRef<'_>,
+        rows: Range<usize>,
+        group: usize,
+        q8_flip: u32,
+    ) {
+        let lanes = std::mem::size_of::<L>() / 4;
+        let per = group / lanes;
+        let (nb, steps) = (w.cols() / QK, QK / 4);
+        let groups = rows.len().div_ceil(group);
+        self.lines.clear();
+        self.lines.resize(groups * nb * steps * per, L::default());
+        self.scales.clear();
+        self.scales.resize(groups * nb * group, 0.0);
+        let word = |q: &[u8]| u32::from_le_bytes([q[0], q[1], q[2], q[3]]);
+        for (i, r) in rows.enumerate() {
+            let (g, ri) = (i / group, i % group);
+            let lane = ri % lanes;
+            for b in 0..nb {
+                // Row i's line at step s.
+                let line = |s: usize| ((g * nb + b) * steps + s) * per + ri / lanes;
+                let d = match w.planes() {
+                    Planes::Q4 { quants, scales } => {
+                        let qs = &quants[r * nb + b].qs;
+                        for k in 0..4 {
+                            // Byte j holds element j (low nibble) and j + 16.
+                            let v = word(&qs[4 * k..]);
+                            self.lines[line(k)].as_mut()[lane] = v & 0x0F0F_0F0F;
+                            self.lines[line(k + 4)].as_mut()[lane] = (v >> 4) & 0x0F0F_0F0F;
+                        }
+                        scales[r * nb + b]
+                    }
+                    Planes::Q8 { quants, scales } => {
+                        let qs: &[u8; QK] = bytemuck::cast_ref(&quants[r * nb + b].qs);
+                        for s in 0..steps {
+                            self.lines[line(s)].as_mut()[lane] = word(&qs[4 * s..]) ^ q8_flip;
+                        }
+                        scales[r * nb + b]
+                    }
+                    _ => unreachable!("Packed::pack: q4 and q8 weights only"),
+                };
+                self.scales[(g * nb + b) * group + ri] = d.to_f32();
+            }
+        }
+    }
 }
 
 /// Buffers that dropped activation layouts give back, for the next input

@@ -249,62 +249,18 @@ struct Line([u32; 16]);
 
 const _: () = assert!(std::mem::size_of::<Line>() == 64);
 
+impl AsMut<[u32]> for Line {
+    fn as_mut(&mut self) -> &mut [u32] {
+        &mut self.0
+    }
+}
+
 /// A task's packed weights: per group, block and step two [`Line`]s
 /// (rows 0–15, 16–31), and per group and block 32 f32 scales.
 type Packed = super::Packed<Line>;
 
 thread_local! {
     static PACKED: RefCell<Packed> = RefCell::new(Packed::default());
-}
-
-/// Weight rows `rows` of `w` into `p` (groups of 32, zero rows with zero
-/// scales past the end).
-fn pack_weights(w: &WeightsRef<'_>, rows: Range<usize>, p: &mut Packed) {
-    let nb = w.cols() / QK;
-    let groups = rows.len().div_ceil(ROWS);
-    p.lines.clear();
-    p.lines.resize(groups * nb * STEPS * 2, Line::default());
-    p.scales.clear();
-    p.scales.resize(groups * nb * ROWS, 0.0);
-    // Row `i` of the task: group i / 32, register (i % 32) / 16, lane i % 16.
-    let at = |i: usize, b: usize, s: usize| {
-        let (g, ri) = (i / ROWS, i % ROWS);
-        (((g * nb + b) * STEPS + s) * 2 + ri / 16, ri % 16)
-    };
-    let scale_at = |i: usize, b: usize| ((i / ROWS) * nb + b) * ROWS + i % ROWS;
-    let word = |q: &[u8]| u32::from_le_bytes([q[0], q[1], q[2], q[3]]);
-    match w.planes() {
-        Planes::Q4 { quants, scales } => {
-            for (i, r) in rows.enumerate() {
-                for b in 0..nb {
-                    let qs = &quants[r * nb + b].qs;
-                    for k in 0..4 {
-                        // Byte j holds element j (low nibble) and j + 16.
-                        let v = word(&qs[4 * k..]);
-                        let (l, lane) = at(i, b, k);
-                        p.lines[l].0[lane] = v & 0x0F0F_0F0F;
-                        let (l, lane) = at(i, b, k + 4);
-                        p.lines[l].0[lane] = (v >> 4) & 0x0F0F_0F0F;
-                    }
-                    p.scales[scale_at(i, b)] = scales[r * nb + b].to_f32();
-                }
-            }
-        }
-        Planes::Q8 { quants, scales } => {
-            for (i, r) in rows.enumerate() {
-                for b in 0..nb {
-                    let qs: &[u8; QK] = bytemuck::cast_ref(&quants[r * nb + b].qs);
-                    for s in 0..STEPS {
-                        // w + 128 as an unsigned byte: the sign bit flipped.
-                        let (l, lane) = at(i, b, s);
-                        p.lines[l].0[lane] = word(&qs[4 * s..]) ^ 0x8080_8080;
-                    }
-                    p.scales[scale_at(i, b)] = scales[r * nb + b].to_f32();
-                }
-            }
-        }
-        _ => unreachable!("pack_weights: the kernel takes q4 and q8 only"),
-    }
 }
 
 /// One tile: the group's 32 rows × tokens `t0..t0 + T`, over all blocks
@@ -418,7 +374,8 @@ unsafe fn matmul<const PARTS: usize>(
     assert_eq!(split.len(), n * nb, "matmul: split activations");
     PACKED.with(|p| {
         let p = &mut *p.borrow_mut();
-        pack_weights(w, rows.clone(), p);
+        // w + 128 as unsigned bytes for q8: the sign bits flipped.
+        p.pack(w, rows.clone(), ROWS, 0x8080_8080);
         for g in 0..rows.len().div_ceil(ROWS) {
             let lines = &p.lines[g * nb * STEPS * 2..][..nb * STEPS * 2];
             let scales = &p.scales[g * nb * ROWS..][..nb * ROWS];
