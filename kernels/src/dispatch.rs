@@ -226,6 +226,17 @@ pub static SCALAR: Kernels = Kernels {
     silu_mul: crate::f32::silu_mul,
 };
 
+/// Whether an in-place kernel that takes `takes` from `min_tokens` tokens
+/// on fits `w` (its type, whole blocks of columns, some rows) and `n`.
+fn in_place_fits(
+    takes: fn(crate::quant::TensorType) -> bool,
+    min_tokens: usize,
+    w: &WeightsRef<'_>,
+    n: usize,
+) -> bool {
+    takes(w.ty()) && w.cols().is_multiple_of(crate::quant::QK) && w.rows() > 0 && n >= min_tokens
+}
+
 /// A [`ColsKernel::takes`] for kernels that take every weight type.
 pub(crate) fn takes_all(_: crate::quant::TensorType) -> bool {
     true
@@ -310,16 +321,14 @@ impl Kernels {
     /// has one that takes `w`'s type and shape at that many tokens.
     pub fn f32_cols_for(&self, w: &WeightsRef<'_>, n: usize) -> Option<ColsKernel> {
         let c = self.matmul_f32_cols?;
-        let takes = (c.takes)(w.ty()) && w.cols().is_multiple_of(crate::quant::QK);
-        (takes && n >= c.min_tokens && w.rows() > 0).then_some(c)
+        in_place_fits(c.takes, c.min_tokens, w, n).then_some(c)
     }
 
     /// The in-place int8 kernel for `w` and `n` tokens, as
     /// [`Kernels::f32_cols_for`].
     pub fn q8_cols_for(&self, w: &WeightsRef<'_>, n: usize) -> Option<Q8ColsKernel> {
         let c = self.matmul_q8_cols?;
-        let takes = (c.takes)(w.ty()) && w.cols().is_multiple_of(crate::quant::QK);
-        (takes && n >= c.min_tokens && w.rows() > 0).then_some(c)
+        in_place_fits(c.takes, c.min_tokens, w, n).then_some(c)
     }
 
     /// Whether weights of type `ty` should take int8 activations on this

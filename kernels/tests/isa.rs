@@ -228,6 +228,35 @@ fn check_matmuls(
     Ok(())
 }
 
+/// An in-place kernel's output `got (n, rows)` against the scalar tier's
+/// `want (r1 − r0, n)`: the view's columns `cols` within `bound(r, t)`,
+/// every other element untouched (NaN).
+fn check_view(
+    got: &[f32],
+    want: &[f32],
+    n: usize,
+    rows: usize,
+    cols: std::ops::Range<usize>,
+    bound: impl Fn(usize, usize) -> f64,
+    label: &str,
+) -> Result<(), TestCaseError> {
+    for t in 0..n {
+        for r in 0..rows {
+            let v = got[t * rows + r];
+            if !cols.contains(&r) {
+                prop_assert!(v.is_nan(), "{label}: wrote outside the view");
+                continue;
+            }
+            let e = want[(r - cols.start) * n + t];
+            prop_assert!(
+                ((v - e) as f64).abs() <= bound(r, t),
+                "{label}: r {r} t {t}: {v} vs {e}"
+            );
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
 
@@ -321,21 +350,8 @@ proptest! {
                 (c.prepare)(&a, &pool);
                 let mut got = vec![f32::NAN; n * rows];
                 (c.f)(&w, &a, Columns::new(&mut got, n, rows, r0..r1));
-                for t in 0..n {
-                    for r in 0..rows {
-                        let v = got[t * rows + r];
-                        if !(r0..r1).contains(&r) {
-                            prop_assert!(v.is_nan(), "{} {ty} int8: wrote outside the view", k.isa);
-                            continue;
-                        }
-                        let bound = 1e-5 * abs_dot(&w, &wd, &xd, r, t) + 1e-30;
-                        let e = want_q[(r - r0) * n + t];
-                        prop_assert!(
-                            ((v - e) as f64).abs() <= bound,
-                            "{} {ty} int8: r {r} t {t}: {v} vs {e}", k.isa
-                        );
-                    }
-                }
+                let bound = |r, t| 1e-5 * abs_dot(&w, &wd, &xd, r, t) + 1e-30;
+                check_view(&got, &want_q, n, rows, r0..r1, bound, &format!("{} {ty} int8", k.isa))?;
             }
             // Any token count, below the tables' `min_tokens` too.
             let Some(c) = k.matmul_f32_cols.filter(|c| (c.takes)(ty)) else { continue };
@@ -343,21 +359,8 @@ proptest! {
             (c.prepare)(&xa, &pool);
             let mut got = vec![f32::NAN; n * rows];
             (c.f)(&w, &xa, Columns::new(&mut got, n, rows, r0..r1));
-            for t in 0..n {
-                for r in 0..rows {
-                    let v = got[t * rows + r];
-                    if !(r0..r1).contains(&r) {
-                        prop_assert!(v.is_nan(), "{} {ty}: wrote outside the view", k.isa);
-                        continue;
-                    }
-                    let bound = f32_bound(k.isa, &w, &wd, &x, r, t);
-                    let e = want[(r - r0) * n + t];
-                    prop_assert!(
-                        ((v - e) as f64).abs() <= bound,
-                        "{} {ty}: r {r} t {t}: {v} vs {e}", k.isa
-                    );
-                }
-            }
+            let bound = |r, t| f32_bound(k.isa, &w, &wd, &x, r, t);
+            check_view(&got, &want, n, rows, r0..r1, bound, &format!("{} {ty}", k.isa))?;
         }
     }
 

@@ -783,12 +783,7 @@ impl<'a> WeightsRef<'a> {
     /// [`WeightsRef::matmul_q8`] on a given tier and pool.
     pub fn matmul_q8_with(&self, k: &Kernels, pool: &Pool, out: &mut [f32], x: &Q8Activations) {
         if let Some(c) = k.q8_cols_for(self, x.n()) {
-            assert_eq!(x.cols(), self.cols, "matmul_q8: x is not (n, cols)");
-            assert_eq!(
-                out.len(),
-                x.n() * self.rows,
-                "matmul_q8: out is not (n, rows)"
-            );
+            self.check_q8_shapes(out, x);
             (c.prepare)(x, pool);
             let per = prompt_columns_per_task(self.rows, pool);
             pool.for_column_blocks(out, x.n(), self.rows, per, &|_, o| (c.f)(self, x, o));
@@ -806,14 +801,19 @@ impl<'a> WeightsRef<'a> {
         let f = k
             .matmul_q8_for(self)
             .unwrap_or_else(|| panic!("matmul_q8: {} weights have no int8 kernel", self.ty()));
+        self.check_q8_shapes(out, x);
+        (k.prepare_q8)(self, x);
+        f
+    }
+
+    /// Panics unless `x` is `(n, cols)` and `out` `(n, rows)`.
+    fn check_q8_shapes(&self, out: &[f32], x: &Q8Activations) {
         assert_eq!(x.cols(), self.cols, "matmul_q8: x is not (n, cols)");
         assert_eq!(
             out.len(),
             x.n() * self.rows,
             "matmul_q8: out is not (n, rows)"
         );
-        (k.prepare_q8)(self, x);
-        f
     }
 }
 

@@ -48,24 +48,18 @@ const TOKENS: usize = 6;
 const STEPS: usize = QK / 4;
 
 /// 32 bytes, aligned: 8 rows' 4 nibbles.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C, align(32))]
 struct Line([u32; 8]);
 
 const _: () = assert!(std::mem::size_of::<Line>() == 32);
-
-impl AsMut<[u32]> for Line {
-    fn as_mut(&mut self) -> &mut [u32] {
-        &mut self.0
-    }
-}
 
 /// A task's packed weights: per group, block and step one [`Line`], and
 /// per group and block 8 f32 scales.
 type Packed = super::Packed<Line>;
 
 thread_local! {
-    static PACKED: RefCell<Packed> = RefCell::new(Packed::default());
+    static PACKED: RefCell<Packed> = const { RefCell::new(Packed::new()) };
 }
 
 /// One tile: the group's 8 rows × tokens `t0..t0 + T`, over all blocks,
@@ -152,18 +146,17 @@ unsafe fn matmul<const Q8: bool>(
         let p = &mut *p.borrow_mut();
         // q8 bytes as they are (signed, against x·sign w).
         p.pack(w, rows.clone(), ROWS, 0);
-        for g in 0..rows.len().div_ceil(ROWS) {
-            let lines = &p.lines[g * nb * STEPS..][..nb * STEPS];
-            let scales = &p.scales[g * nb * ROWS..][..nb * ROWS];
-            let c0 = g * ROWS;
-            let valid = (rows.len() - c0).min(ROWS);
-            let mut t0 = 0;
-            while t0 < n {
-                let left = n - t0;
+        // q8 needs one more register (|w|): a token fewer.
+        let per = if Q8 { TOKENS - 1 } else { TOKENS };
+        p.for_each_tile(
+            rows.len(),
+            nb,
+            ROWS,
+            n,
+            per,
+            |lines, scales, t0, take, c0, valid| {
                 let o = &mut out;
-                // q8 needs one more register (|w|): a token fewer.
-                let per = if Q8 { TOKENS - 1 } else { TOKENS };
-                match left.min(per) {
+                match take {
                     6 => tile::<6, Q8>(lines, scales, x, nb, t0, o, c0, valid),
                     5 => tile::<5, Q8>(lines, scales, x, nb, t0, o, c0, valid),
                     4 => tile::<4, Q8>(lines, scales, x, nb, t0, o, c0, valid),
@@ -171,9 +164,8 @@ unsafe fn matmul<const Q8: bool>(
                     2 => tile::<2, Q8>(lines, scales, x, nb, t0, o, c0, valid),
                     _ => tile::<1, Q8>(lines, scales, x, nb, t0, o, c0, valid),
                 }
-                t0 += left.min(per);
-            }
-        }
+            },
+        );
     });
 }
 

@@ -243,24 +243,18 @@ pub(crate) fn prepare_f32(x: &F32Activations<'_>, pool: &Pool) {
 }
 
 /// 64 bytes, aligned to a cache line: 16 rows' 4 bytes.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C, align(64))]
 struct Line([u32; 16]);
 
 const _: () = assert!(std::mem::size_of::<Line>() == 64);
-
-impl AsMut<[u32]> for Line {
-    fn as_mut(&mut self) -> &mut [u32] {
-        &mut self.0
-    }
-}
 
 /// A task's packed weights: per group, block and step two [`Line`]s
 /// (rows 0–15, 16–31), and per group and block 32 f32 scales.
 type Packed = super::Packed<Line>;
 
 thread_local! {
-    static PACKED: RefCell<Packed> = RefCell::new(Packed::default());
+    static PACKED: RefCell<Packed> = const { RefCell::new(Packed::new()) };
 }
 
 /// One tile: the group's 32 rows × tokens `t0..t0 + T`, over all blocks
@@ -376,16 +370,15 @@ unsafe fn matmul<const PARTS: usize>(
         let p = &mut *p.borrow_mut();
         // w + 128 as unsigned bytes for q8: the sign bits flipped.
         p.pack(w, rows.clone(), ROWS, 0x8080_8080);
-        for g in 0..rows.len().div_ceil(ROWS) {
-            let lines = &p.lines[g * nb * STEPS * 2..][..nb * STEPS * 2];
-            let scales = &p.scales[g * nb * ROWS..][..nb * ROWS];
-            let c0 = g * ROWS;
-            let valid = (rows.len() - c0).min(ROWS);
-            let mut t0 = 0;
-            while t0 < n {
-                let left = n - t0;
+        p.for_each_tile(
+            rows.len(),
+            nb,
+            ROWS,
+            n,
+            TOKENS,
+            |lines, scales, t0, take, c0, valid| {
                 let (o, x) = (&mut out, split);
-                match left.min(TOKENS) {
+                match take {
                     6 => tile::<6, PARTS>(lines, scales, x, nb, wt, t0, o, c0, valid),
                     5 => tile::<5, PARTS>(lines, scales, x, nb, wt, t0, o, c0, valid),
                     4 => tile::<4, PARTS>(lines, scales, x, nb, wt, t0, o, c0, valid),
@@ -393,9 +386,8 @@ unsafe fn matmul<const PARTS: usize>(
                     2 => tile::<2, PARTS>(lines, scales, x, nb, wt, t0, o, c0, valid),
                     _ => tile::<1, PARTS>(lines, scales, x, nb, wt, t0, o, c0, valid),
                 }
-                t0 += left.min(TOKENS);
-            }
-        }
+            },
+        );
     });
 }
 
