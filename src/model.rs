@@ -921,7 +921,7 @@ fn prompt_attention(
     // Task i: chunk `chunks − 1 − i / n_kv` of key head `i % n_kv`; its
     // output O (group·c, hd) in its own stretch of `o`.
     let task = |i: usize| (i % n_kv, chunks - 1 - i / n_kv);
-    pool.for_chunks(o, chunk_rows * hd, &|i, o| {
+    pool.for_chunks_in_order(o, chunk_rows * hd, &|i, o| {
         let (kvh, c) = task(i);
         let t0 = c * PROMPT_ATTENTION_CHUNK;
         let t1 = (t0 + PROMPT_ATTENTION_CHUNK).min(n);

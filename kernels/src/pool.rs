@@ -8,8 +8,15 @@
 //! dispatch costs about the time of one cache-line transfer. The calling
 //! thread works too: a pool of `threads` runs `threads - 1` workers.
 //!
-//! Work is split into numbered tasks taken from a shared counter, so a slow
-//! core (or a core shared with another process) takes fewer of them.
+//! Work is split into numbered tasks. Each thread owns a contiguous share
+//! of them and takes its own from the front; a thread that runs out steals
+//! from the back of the others' shares, so a slow core (or a core shared
+//! with another process) ends up with fewer. Owning a contiguous share
+//! keeps each thread reading weight rows in one ascending stream (the
+//! kernels' prefetching and the hardware's carry over from one task to the
+//! next) and its counter in its own cache; one shared counter made every
+//! task a cross-core transfer and a new stream: 0.2 µs a task, 20% of a
+//! 2-thread decode step.
 
 use std::cell::UnsafeCell;
 use std::ops::Range;
@@ -30,7 +37,8 @@ pub const SPIN: Duration = Duration::from_millis(2);
 #[derive(Clone, Copy)]
 struct Job {
     f: *const (dyn Fn(usize) + Sync),
-    n_tasks: usize,
+    /// All tasks in index order from one share (see [`Pool::run_in_order`]).
+    in_order: bool,
 }
 
 struct Shared {
@@ -38,8 +46,9 @@ struct Shared {
     epoch: AtomicU64,
     /// The current job; written only by `run` while no worker reads it.
     job: UnsafeCell<Job>,
-    /// Next task index to hand out.
-    next: AtomicUsize,
+    /// One share of the current job's tasks per thread (the caller's is
+    /// 0, a worker's the order in which it joined, plus one).
+    shares: Box<[Share]>,
     /// Workers that joined the current job, plus [`CLOSED`] once the caller
     /// has finished its share: a worker arriving after that stays out, so
     /// a worker the OS has not scheduled yet never holds the caller up.
@@ -56,6 +65,43 @@ struct Shared {
 
 /// Set in `joined` when the job takes no more workers.
 const CLOSED: usize = 1 << (usize::BITS - 1);
+
+/// Tasks `front..back` of one thread's share, packed as `front | back << 32`
+/// in one atomic so that the owner (taking from the front) and thieves
+/// (from the back) never take the same task. Aligned to its own pair of
+/// cache lines, so the owner's taking stays in its own cache.
+#[repr(align(128))]
+struct Share(AtomicU64);
+
+impl Share {
+    fn set(&self, tasks: Range<usize>) {
+        let (a, b) = (tasks.start as u64, tasks.end as u64);
+        self.0.store(a | b << 32, Ordering::Relaxed);
+    }
+
+    /// Takes the first task left (`front_end` true) or the last one.
+    fn take(&self, front_end: bool) -> Option<usize> {
+        let mut cur = self.0.load(Ordering::Relaxed);
+        loop {
+            let (front, back) = (cur & 0xFFFF_FFFF, cur >> 32);
+            if front >= back {
+                return None;
+            }
+            let (next, task) = if front_end {
+                ((front + 1) | back << 32, front)
+            } else {
+                (front | (back - 1) << 32, back - 1)
+            };
+            match self
+                .0
+                .compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(task as usize),
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
 
 // SAFETY: `job` is written by the single thread holding `Pool::busy` before
 // it publishes the job with a Release bump of `epoch`, and read by a worker
@@ -95,9 +141,9 @@ impl Pool {
             epoch: AtomicU64::new(0),
             job: UnsafeCell::new(Job {
                 f: noop as *const _,
-                n_tasks: 0,
+                in_order: false,
             }),
-            next: AtomicUsize::new(0),
+            shares: (0..threads).map(|_| Share(AtomicU64::new(0))).collect(),
             joined: AtomicUsize::new(CLOSED),
             done: AtomicUsize::new(0),
             sleeping: AtomicUsize::new(0),
@@ -135,11 +181,24 @@ impl Pool {
     /// # Panics
     /// When `f` panicked on any thread.
     pub fn run(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        self.run_job(n_tasks, f, false)
+    }
+
+    /// [`Pool::run`], but the tasks are started in index order (every
+    /// thread takes the lowest one left): for jobs whose tasks are sorted
+    /// largest first, so that the last to finish are the smallest.
+    pub fn run_in_order(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        self.run_job(n_tasks, f, true)
+    }
+
+    fn run_job(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync), in_order: bool) {
         if n_tasks == 0 {
             return;
         }
         let guard = match self.busy.try_lock() {
-            Ok(g) if self.threads > 1 && n_tasks > 1 => g,
+            // Shares count tasks in 32 bits; more tasks than that (never
+            // asked for) run here.
+            Ok(g) if self.threads > 1 && n_tasks > 1 && n_tasks <= u32::MAX as usize => g,
             _ => {
                 (0..n_tasks).for_each(f);
                 return;
@@ -157,10 +216,16 @@ impl Pool {
                     *const (dyn Fn(usize) + Sync + '_),
                     *const (dyn Fn(usize) + Sync + 'static),
                 >(f),
-                n_tasks,
+                in_order,
             };
         }
-        s.next.store(0, Ordering::Relaxed);
+        // Equal contiguous shares, in thread order; in order, all in the
+        // caller's.
+        let p = if in_order { 1 } else { s.shares.len() };
+        let cut = |k: usize| (n_tasks as u64 * k.min(p) as u64 / p as u64) as usize;
+        for (k, share) in s.shares.iter().enumerate() {
+            share.set(cut(k)..cut(k + 1));
+        }
         s.done.store(0, Ordering::Relaxed);
         s.joined.store(0, Ordering::Release);
         s.epoch.fetch_add(1, Ordering::SeqCst);
@@ -168,7 +233,7 @@ impl Pool {
             let _l = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
-        let mine = catch_unwind(AssertUnwindSafe(|| take_tasks(s, f, n_tasks)));
+        let mine = catch_unwind(AssertUnwindSafe(|| take_tasks(s, f, 0, in_order)));
         // Every task has been taken: close the job to latecomers and wait
         // for the workers that are still in it.
         let joined = s.joined.fetch_or(CLOSED, Ordering::AcqRel) & !CLOSED;
@@ -199,20 +264,45 @@ impl Pool {
         chunk: usize,
         f: &(dyn Fn(usize, &mut [T]) + Sync),
     ) {
+        self.chunks_job(out, chunk, f, false)
+    }
+
+    /// [`Pool::for_chunks`] with the chunks started in order, as
+    /// [`Pool::run_in_order`].
+    pub fn for_chunks_in_order<T: Send>(
+        &self,
+        out: &mut [T],
+        chunk: usize,
+        f: &(dyn Fn(usize, &mut [T]) + Sync),
+    ) {
+        self.chunks_job(out, chunk, f, true)
+    }
+
+    fn chunks_job<T: Send>(
+        &self,
+        out: &mut [T],
+        chunk: usize,
+        f: &(dyn Fn(usize, &mut [T]) + Sync),
+        in_order: bool,
+    ) {
         let chunk = chunk.max(1);
         let len = out.len();
         let n_tasks = len.div_ceil(chunk);
         let base = SendPtr(out.as_mut_ptr());
-        self.run(n_tasks, &|i| {
-            let start = i * chunk;
-            let end = (start + chunk).min(len);
-            // SAFETY: `start..end` lies inside `out` (i < n_tasks), the
-            // ranges of different `i` are disjoint, each `i` runs exactly
-            // once, and `out` stays mutably borrowed until `run` returns.
-            let part =
-                unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
-            f(i, part);
-        });
+        self.run_job(
+            n_tasks,
+            &|i| {
+                let start = i * chunk;
+                let end = (start + chunk).min(len);
+                // SAFETY: `start..end` lies inside `out` (i < n_tasks), the
+                // ranges of different `i` are disjoint, each `i` runs exactly
+                // once, and `out` stays mutably borrowed until `run` returns.
+                let part =
+                    unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
+                f(i, part);
+            },
+            in_order,
+        );
     }
 }
 
@@ -480,14 +570,19 @@ impl Drop for Pool {
     }
 }
 
-/// Takes task indices from the shared counter until none are left.
-fn take_tasks(s: &Shared, f: &(dyn Fn(usize) + Sync), n_tasks: usize) {
-    loop {
-        let i = s.next.fetch_add(1, Ordering::Relaxed);
-        if i >= n_tasks {
-            return;
-        }
+/// Runs the tasks of share `me` from its front, then steals from the back
+/// of the other shares (the next thread's first) until none are left; in
+/// order, from their front.
+fn take_tasks(s: &Shared, f: &(dyn Fn(usize) + Sync), me: usize, in_order: bool) {
+    let p = s.shares.len();
+    while let Some(i) = s.shares[me].take(true) {
         f(i);
+    }
+    for d in 1..p {
+        let share = &s.shares[(me + d) % p];
+        while let Some(i) = share.take(in_order) {
+            f(i);
+        }
     }
 }
 
@@ -525,16 +620,20 @@ fn worker(s: &Shared) {
         // Join the job unless the caller has already closed it (it may
         // even have started a newer job: then `joined` belongs to that one
         // and this worker takes part in it, which is just as good).
-        if s.joined.fetch_add(1, Ordering::AcqRel) & CLOSED != 0 {
+        let order = s.joined.fetch_add(1, Ordering::AcqRel);
+        if order & CLOSED != 0 {
             continue;
         }
+        // At most `threads - 1` workers join a job, so this is below
+        // `shares.len()`; the modulo only keeps an index in range.
+        let me = (order + 1) % s.shares.len();
         seen = s.epoch.load(Ordering::Acquire);
         // SAFETY: we joined an open job, so `run` published it (the AcqRel
         // on `joined` orders this read after its write) and keeps the
         // closure alive until we count ourselves in `done`.
         let job = unsafe { *s.job.get() };
         let f = unsafe { &*job.f };
-        if catch_unwind(AssertUnwindSafe(|| take_tasks(s, f, job.n_tasks))).is_err() {
+        if catch_unwind(AssertUnwindSafe(|| take_tasks(s, f, me, job.in_order))).is_err() {
             s.panicked.store(true, Ordering::Relaxed);
         }
         s.done.fetch_add(1, Ordering::Release);
@@ -579,6 +678,84 @@ mod tests {
                 assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1));
             }
         }
+    }
+
+    #[test]
+    fn owner_and_thief_never_take_the_same_task() {
+        for n in [0usize, 1, 2, 7, 10_000] {
+            let share = Share(AtomicU64::new(0));
+            share.set(0..n);
+            let counts: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            std::thread::scope(|sc| {
+                for front in [true, false] {
+                    let (share, counts) = (&share, &counts);
+                    sc.spawn(move || {
+                        let mut last = None;
+                        while let Some(i) = share.take(front) {
+                            counts[i].fetch_add(1, Ordering::Relaxed);
+                            // Each side walks its own way.
+                            if let Some(l) = last {
+                                assert_eq!(i, if front { l + 1 } else { l - 1 });
+                            }
+                            last = Some(i);
+                        }
+                    });
+                }
+            });
+            assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn a_thread_held_up_has_its_share_stolen() {
+        // Task 0 (the caller's first) waits until every other task has run:
+        // the worker must run its own share and steal the rest of the
+        // caller's. A deadline turns a failure into an assertion, not a hang.
+        let pool = Pool::new(2);
+        let n = 100;
+        let ran = AtomicUsize::new(0);
+        let waited = AtomicBool::new(false);
+        pool.run(n, &|i| {
+            if i == 0 {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while ran.load(Ordering::Acquire) < n - 1 && Instant::now() < deadline {
+                    std::thread::yield_now();
+                }
+                waited.store(ran.load(Ordering::Acquire) == n - 1, Ordering::Relaxed);
+            } else {
+                ran.fetch_add(1, Ordering::Release);
+            }
+        });
+        assert!(waited.load(Ordering::Relaxed), "the other 99 tasks did not run");
+    }
+
+    #[test]
+    fn in_order_jobs_start_their_tasks_in_order() {
+        // Ticket = order in which tasks started. In order, a task can start
+        // before a lower one only by racing it on the other thread; with
+        // shares, the second thread starts halfway (or steals from the end).
+        let inversions = |in_order: bool| {
+            let pool = Pool::new(2);
+            let n = 200;
+            let next = AtomicUsize::new(0);
+            let ticket: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            let f = |i: usize| {
+                ticket[i].store(next.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_micros(20));
+            };
+            if in_order {
+                pool.run_in_order(n, &f);
+            } else {
+                pool.run(n, &f);
+            }
+            let t: Vec<usize> = ticket.iter().map(|t| t.load(Ordering::Relaxed)).collect();
+            (0..n)
+                .map(|i| (i + 1..n).filter(|&j| t[j] < t[i]).count())
+                .max()
+                .unwrap()
+        };
+        assert!(inversions(true) <= 1, "in order: {}", inversions(true));
+        assert!(inversions(false) > 10, "shares: {}", inversions(false));
     }
 
     #[test]
