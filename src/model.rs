@@ -815,15 +815,13 @@ fn attention(
         let kvh = h / group;
         let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
         let n_ctx = pos0 + t + 1;
-        let span = |p: usize| p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd;
-        let mut scores: Vec<f32> = (0..n_ctx)
-            .map(|p| (kern.dot)(qh, &k_cache[span(p)]) * scale)
-            .collect();
-        (kern.softmax)(&mut scores);
-        o.fill(0.0);
-        for (p, &a) in scores.iter().enumerate() {
-            (kern.axpy)(o, a, &v_cache[span(p)]);
-        }
+        TASK_SCRATCH.with(|ts| {
+            let scores = &mut ts.borrow_mut().1;
+            scores.resize(n_ctx, 0.0);
+            // Rows of head kvh: kv_dim apart, from kvh·hd.
+            let (k, v) = (&k_cache[kvh * hd..], &v_cache[kvh * hd..]);
+            (kern.attend)(o, qh, k, v, kv_dim, scale, scores);
+        });
     });
 }
 

@@ -198,6 +198,10 @@ pub struct Kernels {
     pub axpy: fn(y: &mut [f32], a: f32, x: &[f32]),
     /// [`crate::f32::softmax`], the same bits on every tier.
     pub softmax: fn(x: &mut [f32]),
+    /// One query's attention over a key/value cache:
+    /// `(out, q, k, v, stride, scale, scores)`, the tier's `dot`, `softmax`
+    /// and `axpy` in one call (see `crate::f32::attend_body`).
+    pub attend: AttendFn,
     /// [`crate::f32::silu_mul`], the same bits on every tier.
     pub silu_mul: fn(gate: &mut [f32], up: &[f32]),
 }
@@ -223,8 +227,34 @@ pub static SCALAR: Kernels = Kernels {
     dot: crate::f32::dot,
     axpy: scalar_axpy,
     softmax: crate::f32::softmax,
+    attend: scalar_attend,
     silu_mul: crate::f32::silu_mul,
 };
+
+/// [`Kernels::attend`]: `(out, q, k, v, stride, scale, scores)`.
+pub type AttendFn = fn(&mut [f32], &[f32], &[f32], &[f32], usize, f32, &mut [f32]);
+
+fn scalar_attend(
+    out: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    crate::f32::attend_body(
+        out,
+        q,
+        k,
+        v,
+        stride,
+        scale,
+        scores,
+        crate::f32::dot,
+        scalar_axpy,
+    )
+}
 
 /// Whether an in-place kernel that takes `takes` from `min_tokens` tokens
 /// on fits `w` (its type, whole blocks of columns, some rows) and `n`.
@@ -238,6 +268,10 @@ fn in_place_fits(
 }
 
 /// A [`ColsKernel::takes`] for kernels that take every weight type.
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "x86")),
+    allow(dead_code)
+)]
 pub(crate) fn takes_all(_: crate::quant::TensorType) -> bool {
     true
 }

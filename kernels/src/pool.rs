@@ -702,7 +702,10 @@ mod tests {
                     });
                 }
             });
-            assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1), "n = {n}");
+            assert!(
+                counts.iter().all(|c| c.load(Ordering::Relaxed) == 1),
+                "n = {n}"
+            );
         }
     }
 
@@ -726,7 +729,10 @@ mod tests {
                 ran.fetch_add(1, Ordering::Release);
             }
         });
-        assert!(waited.load(Ordering::Relaxed), "the other 99 tasks did not run");
+        assert!(
+            waited.load(Ordering::Relaxed),
+            "the other 99 tasks did not run"
+        );
     }
 
     #[test]

@@ -386,6 +386,54 @@ proptest! {
     }
 
     #[test]
+    fn attend_matches_an_f64_reference_on_every_tier(
+        hd in prop::sample::select(vec![8usize, 16, 24, 40, 64, 72, 128, 136, 256, 264]),
+        n in 1usize..300,
+        gap in 0usize..40,
+        seed in any::<u64>(),
+        scale in 0.01f32..3.0,
+    ) {
+        // A cache of n rows, `stride` apart, with this head at `off`.
+        let (stride, off) = (hd + gap, gap / 2);
+        let len = (n - 1) * stride + off + hd;
+        let (k, v) = (values(seed, len, false), values(seed ^ 7, len, false));
+        let q = values(seed ^ 9, hd, false);
+        let row = |c: &[f32], p: usize| c[off + p * stride..][..hd].to_vec();
+        // f64 reference; the bound carries the f32 error of the scores
+        // (order of the sums) through softmax, plus that of the output sums.
+        let s: Vec<f64> = (0..n)
+            .map(|p| row(&k, p).iter().zip(&q).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale as f64)
+            .collect();
+        let max = s.iter().cloned().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+        let z: f64 = e.iter().sum();
+        let err_s = 1e-5 * scale as f64 * (0..n)
+            .map(|p| row(&k, p).iter().zip(&q).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum::<f64>())
+            .fold(0.0, f64::max);
+        for kern in std::iter::once(&SCALAR).chain(tiers()) {
+            let mut out = vec![f32::NAN; hd];
+            let mut scores = vec![f32::NAN; n];
+            (kern.attend)(&mut out, &q, &k[off..], &v[off..], stride, scale, &mut scores);
+            for d in 0..hd {
+                let (mut want, mut mag) = (0.0f64, 0.0f64);
+                for p in 0..n {
+                    let vd = v[off + p * stride + d] as f64;
+                    want += e[p] / z * vd;
+                    mag += e[p] / z * vd.abs();
+                }
+                let tol = (2.0 * err_s + 1e-5) * mag + 1e-30;
+                prop_assert!(
+                    (out[d] as f64 - want).abs() <= tol,
+                    "{} hd {hd} n {n} d {d}: {} vs {want} (tol {tol})", kern.isa, out[d]
+                );
+            }
+            for p in 0..n {
+                prop_assert!((scores[p] as f64 - e[p] / z).abs() <= 2.0 * err_s * e[p] / z + 1e-6);
+            }
+        }
+    }
+
+    #[test]
     fn softmax_and_silu_mul_are_bit_identical_on_every_tier(
         len in 0usize..300,
         seed in any::<u64>(),

@@ -33,5 +33,6 @@ pub(crate) static NEON: Kernels = Kernels {
     axpy: neon::axpy,
     // NEON is baseline on aarch64: the portable bodies vectorise as they are.
     softmax: crate::f32::softmax,
+    attend: neon::attend,
     silu_mul: crate::f32::silu_mul,
 };

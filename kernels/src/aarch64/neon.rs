@@ -791,6 +791,20 @@ unsafe fn dot_neon(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// One query's attention over a cache: [`dot`], softmax and [`axpy`] in
+/// one call (see [`crate::dispatch::Kernels::attend`]).
+pub(crate) fn attend(
+    out: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    crate::f32::attend_body(out, q, k, v, stride, scale, scores, dot, axpy)
+}
+
 /// `y[i] += a · x[i]` (fused multiply-add).
 pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     assert_eq!(y.len(), x.len(), "axpy: length mismatch");

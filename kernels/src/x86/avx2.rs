@@ -990,6 +990,146 @@ pub(crate) unsafe fn axpy_f32(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
+/// The f32 vector of a tier, for [`attend_regs`].
+pub(crate) trait F32Lanes: Copy {
+    const LANES: usize;
+    unsafe fn zero() -> Self;
+    unsafe fn splat(a: f32) -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn sum(self) -> f32;
+}
+
+impl F32Lanes for __m256 {
+    const LANES: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn splat(a: f32) -> Self {
+        _mm256_set1_ps(a)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        _mm256_storeu_ps(p, self)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+        _mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn sum(self) -> f32 {
+        hsum(self)
+    }
+}
+
+/// [`crate::f32::attend_body`] with the sums in registers: the scores four
+/// positions at a time (one accumulator each), and the output in pieces of
+/// up to 8 vectors held over all positions. Composed of `dot` and `axpy`
+/// calls, every position stored and reloaded the whole output (a chain
+/// through memory per position); here nothing is stored until the end.
+/// Head widths that are not whole vectors, or wider than 16, take the
+/// composed body.
+///
+/// # Safety
+/// The CPU must have the features `V`'s intrinsics need (the caller's
+/// tier).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) unsafe fn attend_regs<V: F32Lanes>(
+    out: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let hd = q.len();
+    let l = V::LANES;
+    if !hd.is_multiple_of(l) || hd > 16 * l {
+        let dot = |a: &[f32], b: &[f32]| dot_f32(a, b);
+        let axpy = |y: &mut [f32], a: f32, x: &[f32]| axpy_f32(y, a, x);
+        return crate::f32::attend_body(out, q, k, v, stride, scale, scores, dot, axpy);
+    }
+    crate::f32::check_attend(out, q, k, v, stride, scores.len());
+    // SAFETY (of the raw reads below): `check_attend` showed that rows
+    // `p < n` of `hd` values from `p·stride` lie inside `k` and `v`, and
+    // `q` and `out` hold `hd`.
+    let (n, pieces) = (scores.len(), hd / l);
+    let (qp, kp, vp) = (q.as_ptr(), k.as_ptr(), v.as_ptr());
+    let mut p = 0;
+    while p + 4 <= n {
+        let mut acc = [V::zero(); 4];
+        for c in 0..pieces {
+            let qv = V::load(qp.add(c * l));
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = V::fmadd(qv, V::load(kp.add((p + j) * stride + c * l)), *a);
+            }
+        }
+        for (j, a) in acc.into_iter().enumerate() {
+            scores[p + j] = a.sum() * scale;
+        }
+        p += 4;
+    }
+    while p < n {
+        let mut a = V::zero();
+        for c in 0..pieces {
+            a = V::fmadd(
+                V::load(qp.add(c * l)),
+                V::load(kp.add(p * stride + c * l)),
+                a,
+            );
+        }
+        scores[p] = a.sum() * scale;
+        p += 1;
+    }
+    crate::f32::softmax_body(scores);
+    let mut c = 0;
+    while c < pieces {
+        let m = (pieces - c).min(8);
+        let (o, vc) = (out.as_mut_ptr().add(c * l), vp.add(c * l));
+        match m {
+            8 => weighted_sum::<V, 8>(o, vc, stride, scores),
+            7 => weighted_sum::<V, 7>(o, vc, stride, scores),
+            6 => weighted_sum::<V, 6>(o, vc, stride, scores),
+            5 => weighted_sum::<V, 5>(o, vc, stride, scores),
+            4 => weighted_sum::<V, 4>(o, vc, stride, scores),
+            3 => weighted_sum::<V, 3>(o, vc, stride, scores),
+            2 => weighted_sum::<V, 2>(o, vc, stride, scores),
+            _ => weighted_sum::<V, 1>(o, vc, stride, scores),
+        }
+        c += m;
+    }
+}
+
+/// `out[..M·LANES] = Σ_p a[p] · v[p·stride..][..M·LANES]`, the sums in
+/// `M` registers.
+#[inline(always)]
+unsafe fn weighted_sum<V: F32Lanes, const M: usize>(
+    out: *mut f32,
+    v: *const f32,
+    stride: usize,
+    a: &[f32],
+) {
+    let mut acc = [V::zero(); M];
+    for (p, &ap) in a.iter().enumerate() {
+        let s = V::splat(ap);
+        for (j, x) in acc.iter_mut().enumerate() {
+            *x = V::fmadd(s, V::load(v.add(p * stride + j * V::LANES)), *x);
+        }
+    }
+    for (j, x) in acc.into_iter().enumerate() {
+        x.store(out.add(j * V::LANES));
+    }
+}
+
 /// Bit-identical twin of [`crate::quant::quantize_q8_blocks`].
 #[inline(always)]
 pub(crate) unsafe fn quantize_q8(
@@ -1099,6 +1239,10 @@ avx2_fn!(entry
 avx2_fn!(entry
     /// `y += a·x`.
     fn axpy(y: &mut [f32], a: f32, x: &[f32]) => axpy_f32(y, a, x));
+avx2_fn!(entry
+    /// One query's attention over a cache, the sums in registers.
+    fn attend(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], stride: usize, scale: f32, scores: &mut [f32])
+        => attend_regs::<__m256>(out, q, k, v, stride, scale, scores));
 avx2_fn!(entry
     /// Softmax, bit-identical to the scalar tier.
     fn softmax(x: &mut [f32]) => crate::f32::softmax_body(x));

@@ -273,6 +273,7 @@ pub static AVX2: Kernels = Kernels {
     dot: avx2::dot,
     axpy: avx2::axpy,
     softmax: avx2::softmax,
+    attend: avx2::attend,
     silu_mul: avx2::silu_mul,
 };
 
@@ -301,6 +302,7 @@ pub static AVX512: Kernels = Kernels {
     dot: avx512::dot,
     axpy: avx512::axpy,
     softmax: avx512::softmax,
+    attend: avx512::attend,
     silu_mul: avx512::silu_mul,
 };
 
