@@ -13,6 +13,7 @@ use crate::tensor::Tensor;
 use crate::tokenizer::Tokenizer;
 use microllm_kernels::dispatch::{self, Kernels};
 use microllm_kernels::f32 as k;
+use microllm_kernels::f32::HeadCache;
 use microllm_kernels::pool::{self, Pool};
 use microllm_kernels::quant::{F32Activations, Planes, Q8Activations, TensorType, WeightsRef};
 use std::path::{Path, PathBuf};
@@ -819,8 +820,12 @@ fn attention(
             let scores = &mut ts.borrow_mut().1;
             scores.resize(n_ctx, 0.0);
             // Rows of head kvh: kv_dim apart, from kvh·hd.
-            let (k, v) = (&k_cache[kvh * hd..], &v_cache[kvh * hd..]);
-            (kern.attend)(o, qh, k, v, kv_dim, scale, scores);
+            let cache = HeadCache {
+                k: &k_cache[kvh * hd..],
+                v: &v_cache[kvh * hd..],
+                stride: kv_dim,
+            };
+            (kern.attend)(o, qh, cache, scale, scores);
         });
     });
 }

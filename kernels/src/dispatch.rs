@@ -198,9 +198,9 @@ pub struct Kernels {
     pub axpy: fn(y: &mut [f32], a: f32, x: &[f32]),
     /// [`crate::f32::softmax`], the same bits on every tier.
     pub softmax: fn(x: &mut [f32]),
-    /// One query's attention over a key/value cache:
-    /// `(out, q, k, v, stride, scale, scores)`, the tier's `dot`, `softmax`
-    /// and `axpy` in one call (see `crate::f32::attend_body`).
+    /// One query's attention over one head's key/value cache:
+    /// `(out, q, cache, scale, scores)`, the tier's `dot`, `softmax` and
+    /// `axpy` in one call (see `crate::f32::attend_body`).
     pub attend: AttendFn,
     /// [`crate::f32::silu_mul`], the same bits on every tier.
     pub silu_mul: fn(gate: &mut [f32], up: &[f32]),
@@ -231,29 +231,18 @@ pub static SCALAR: Kernels = Kernels {
     silu_mul: crate::f32::silu_mul,
 };
 
-/// [`Kernels::attend`]: `(out, q, k, v, stride, scale, scores)`.
-pub type AttendFn = fn(&mut [f32], &[f32], &[f32], &[f32], usize, f32, &mut [f32]);
+/// [`Kernels::attend`]: `(out, q, cache, scale, scores)`.
+pub type AttendFn = fn(&mut [f32], &[f32], crate::f32::HeadCache<'_>, f32, &mut [f32]);
 
 fn scalar_attend(
     out: &mut [f32],
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    stride: usize,
+    cache: crate::f32::HeadCache<'_>,
     scale: f32,
     scores: &mut [f32],
 ) {
-    crate::f32::attend_body(
-        out,
-        q,
-        k,
-        v,
-        stride,
-        scale,
-        scores,
-        crate::f32::dot,
-        scalar_axpy,
-    )
+    let dot = crate::f32::dot;
+    crate::f32::attend_body(out, q, cache, scale, scores, dot, scalar_axpy)
 }
 
 /// Whether an in-place kernel that takes `takes` from `min_tokens` tokens

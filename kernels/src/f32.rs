@@ -119,10 +119,39 @@ fn sum16(x: &[f32]) -> f32 {
     acc[0]
 }
 
+/// One head's rows of a key/value cache: key `p` is `k[p·stride..][..hd]`
+/// and value `p` is `v[p·stride..][..hd]` (the model's cache holds every
+/// key head of a position side by side, so `stride` is the key/value row
+/// width and `k`, `v` start at the head's offset).
+#[derive(Clone, Copy, Debug)]
+pub struct HeadCache<'a> {
+    /// Keys from this head's first one.
+    pub k: &'a [f32],
+    /// Values from this head's first one.
+    pub v: &'a [f32],
+    /// Values from one position's row to the next.
+    pub stride: usize,
+}
+
+impl HeadCache<'_> {
+    /// Checks that `n` rows of `hd` values lie inside `k` and `v`.
+    ///
+    /// # Panics
+    /// When they do not.
+    pub(crate) fn check(&self, n: usize, hd: usize) {
+        let need = n.checked_sub(1).map_or(Some(0), |last| {
+            last.checked_mul(self.stride)?.checked_add(hd)
+        });
+        assert!(
+            need.is_some_and(|need| need <= self.k.len() && need <= self.v.len()),
+            "attend: the cache holds fewer than {n} rows"
+        );
+    }
+}
+
 /// One query's attention over a key/value cache, the whole of a decode
 /// step's attention for one head: `scores[p] = scale · q·k_p` for
-/// `p < scores.len()`, softmaxed in place, then `out = Σ_p scores[p] · v_p`,
-/// where `k_p = k[p·stride..][..q.len()]` (and `v_p` alike).
+/// `p < scores.len()`, softmaxed in place, then `out = Σ_p scores[p] · v_p`.
 ///
 /// The tiers compile this body around their own `dot` and `axpy`
 /// ([`crate::dispatch::Kernels::attend`]), so it gives the same bits as
@@ -131,23 +160,22 @@ fn sum16(x: &[f32]) -> f32 {
 /// SmolLM2-135M).
 ///
 /// # Panics
-/// When `out` and `q` differ in length or `k` or `v` holds fewer than
-/// `scores.len()` rows of `stride`.
-#[allow(clippy::too_many_arguments)]
+/// When `out` and `q` differ in length or the cache holds fewer than
+/// `scores.len()` rows.
 #[inline(always)]
 pub(crate) fn attend_body(
     out: &mut [f32],
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    stride: usize,
+    cache: HeadCache<'_>,
     scale: f32,
     scores: &mut [f32],
     dot: impl Fn(&[f32], &[f32]) -> f32,
     axpy: impl Fn(&mut [f32], f32, &[f32]),
 ) {
     let hd = q.len();
-    check_attend(out, q, k, v, stride, scores.len());
+    assert_eq!(out.len(), hd, "attend: out and q differ in length");
+    cache.check(scores.len(), hd);
+    let HeadCache { k, v, stride } = cache;
     for (p, s) in scores.iter_mut().enumerate() {
         *s = dot(q, &k[p * stride..][..hd]) * scale;
     }
@@ -156,24 +184,6 @@ pub(crate) fn attend_body(
     for (p, &a) in scores.iter().enumerate() {
         axpy(out, a, &v[p * stride..][..hd]);
     }
-}
-
-/// The shape checks of [`attend_body`], for the tiers' own versions too:
-/// every row `p < n` of `k` and `v` (`q.len()` values from `p·stride`)
-/// lies inside them.
-///
-/// # Panics
-/// When one does not, or `out` and `q` differ in length.
-pub(crate) fn check_attend(out: &[f32], q: &[f32], k: &[f32], v: &[f32], stride: usize, n: usize) {
-    let hd = q.len();
-    assert_eq!(out.len(), hd, "attend: out and q differ in length");
-    let need = n
-        .checked_sub(1)
-        .map_or(Some(0), |last| last.checked_mul(stride)?.checked_add(hd));
-    assert!(
-        need.is_some_and(|need| need <= k.len() && need <= v.len()),
-        "attend: the cache holds fewer than {n} rows"
-    );
 }
 
 /// In-place softmax; the maximum is subtracted first so that exp never

@@ -13,6 +13,7 @@
 
 use half::f16;
 use microllm_kernels::dispatch::{Isa, Kernels, SCALAR};
+use microllm_kernels::f32::HeadCache;
 use microllm_kernels::pool::{Columns, Pool};
 use microllm_kernels::quant::{
     BlockQ8, F32Activations, Planes, Q8Activations, QuantizedWeights, TensorType, WeightsRef, QK,
@@ -413,7 +414,8 @@ proptest! {
         for kern in std::iter::once(&SCALAR).chain(tiers()) {
             let mut out = vec![f32::NAN; hd];
             let mut scores = vec![f32::NAN; n];
-            (kern.attend)(&mut out, &q, &k[off..], &v[off..], stride, scale, &mut scores);
+            let cache = HeadCache { k: &k[off..], v: &v[off..], stride };
+            (kern.attend)(&mut out, &q, cache, scale, &mut scores);
             for d in 0..hd {
                 let (mut want, mut mag) = (0.0f64, 0.0f64);
                 for p in 0..n {

@@ -796,13 +796,11 @@ unsafe fn dot_neon(a: &[f32], b: &[f32]) -> f32 {
 pub(crate) fn attend(
     out: &mut [f32],
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    stride: usize,
+    cache: crate::f32::HeadCache<'_>,
     scale: f32,
     scores: &mut [f32],
 ) {
-    crate::f32::attend_body(out, q, k, v, stride, scale, scores, dot, axpy)
+    crate::f32::attend_body(out, q, cache, scale, scores, dot, axpy)
 }
 
 /// `y[i] += a · x[i]` (fused multiply-add).

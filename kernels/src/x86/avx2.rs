@@ -1001,33 +1001,50 @@ pub(crate) trait F32Lanes: Copy {
     unsafe fn sum(self) -> f32;
 }
 
-impl F32Lanes for __m256 {
-    const LANES: usize = 8;
-    #[inline(always)]
-    unsafe fn zero() -> Self {
-        _mm256_setzero_ps()
-    }
-    #[inline(always)]
-    unsafe fn splat(a: f32) -> Self {
-        _mm256_set1_ps(a)
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> Self {
-        _mm256_loadu_ps(p)
-    }
-    #[inline(always)]
-    unsafe fn store(self, p: *mut f32) {
-        _mm256_storeu_ps(p, self)
-    }
-    #[inline(always)]
-    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
-        _mm256_fmadd_ps(a, b, c)
-    }
-    #[inline(always)]
-    unsafe fn sum(self) -> f32 {
-        hsum(self)
-    }
+/// Implements [`F32Lanes`] for one vector type from its intrinsics.
+macro_rules! f32_lanes {
+    ($v:ty, $lanes:expr, $zero:ident, $splat:ident, $load:ident, $store:ident, $fmadd:ident, $sum:path) => {
+        impl $crate::x86::avx2::F32Lanes for $v {
+            const LANES: usize = $lanes;
+            #[inline(always)]
+            unsafe fn zero() -> Self {
+                $zero()
+            }
+            #[inline(always)]
+            unsafe fn splat(a: f32) -> Self {
+                $splat(a)
+            }
+            #[inline(always)]
+            unsafe fn load(p: *const f32) -> Self {
+                $load(p)
+            }
+            #[inline(always)]
+            unsafe fn store(self, p: *mut f32) {
+                $store(p, self)
+            }
+            #[inline(always)]
+            unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+                $fmadd(a, b, c)
+            }
+            #[inline(always)]
+            unsafe fn sum(self) -> f32 {
+                $sum(self)
+            }
+        }
+    };
 }
+pub(crate) use f32_lanes;
+
+f32_lanes!(
+    __m256,
+    8,
+    _mm256_setzero_ps,
+    _mm256_set1_ps,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps,
+    _mm256_fmadd_ps,
+    hsum
+);
 
 /// [`crate::f32::attend_body`] with the sums in registers: the scores four
 /// positions at a time (one accumulator each), and the output in pieces of
@@ -1040,14 +1057,11 @@ impl F32Lanes for __m256 {
 /// # Safety
 /// The CPU must have the features `V`'s intrinsics need (the caller's
 /// tier).
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) unsafe fn attend_regs<V: F32Lanes>(
     out: &mut [f32],
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    stride: usize,
+    cache: crate::f32::HeadCache<'_>,
     scale: f32,
     scores: &mut [f32],
 ) {
@@ -1056,12 +1070,14 @@ pub(crate) unsafe fn attend_regs<V: F32Lanes>(
     if !hd.is_multiple_of(l) || hd > 16 * l {
         let dot = |a: &[f32], b: &[f32]| dot_f32(a, b);
         let axpy = |y: &mut [f32], a: f32, x: &[f32]| axpy_f32(y, a, x);
-        return crate::f32::attend_body(out, q, k, v, stride, scale, scores, dot, axpy);
+        return crate::f32::attend_body(out, q, cache, scale, scores, dot, axpy);
     }
-    crate::f32::check_attend(out, q, k, v, stride, scores.len());
-    // SAFETY (of the raw reads below): `check_attend` showed that rows
-    // `p < n` of `hd` values from `p·stride` lie inside `k` and `v`, and
-    // `q` and `out` hold `hd`.
+    assert_eq!(out.len(), hd, "attend: out and q differ in length");
+    cache.check(scores.len(), hd);
+    let crate::f32::HeadCache { k, v, stride } = cache;
+    // SAFETY (of the raw reads below): `check` showed that rows `p < n` of
+    // `hd` values from `p·stride` lie inside `k` and `v`, and `q` and `out`
+    // hold `hd`.
     let (n, pieces) = (scores.len(), hd / l);
     let (qp, kp, vp) = (q.as_ptr(), k.as_ptr(), v.as_ptr());
     let mut p = 0;
@@ -1241,8 +1257,8 @@ avx2_fn!(entry
     fn axpy(y: &mut [f32], a: f32, x: &[f32]) => axpy_f32(y, a, x));
 avx2_fn!(entry
     /// One query's attention over a cache, the sums in registers.
-    fn attend(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], stride: usize, scale: f32, scores: &mut [f32])
-        => attend_regs::<__m256>(out, q, k, v, stride, scale, scores));
+    fn attend(out: &mut [f32], q: &[f32], cache: crate::f32::HeadCache<'_>, scale: f32, scores: &mut [f32])
+        => attend_regs::<__m256>(out, q, cache, scale, scores));
 avx2_fn!(entry
     /// Softmax, bit-identical to the scalar tier.
     fn softmax(x: &mut [f32]) => crate::f32::softmax_body(x));

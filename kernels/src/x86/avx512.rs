@@ -32,36 +32,19 @@ avx512_fn!(entry
     fn axpy(y: &mut [f32], a: f32, x: &[f32]) => avx2::axpy_f32(y, a, x));
 avx512_fn!(entry
     /// One query's attention over a cache, the sums in 512-bit registers.
-    fn attend(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], stride: usize, scale: f32, scores: &mut [f32])
-        => avx2::attend_regs::<__m512>(out, q, k, v, stride, scale, scores));
+    fn attend(out: &mut [f32], q: &[f32], cache: crate::f32::HeadCache<'_>, scale: f32, scores: &mut [f32])
+        => avx2::attend_regs::<__m512>(out, q, cache, scale, scores));
 
-impl avx2::F32Lanes for __m512 {
-    const LANES: usize = 16;
-    #[inline(always)]
-    unsafe fn zero() -> Self {
-        _mm512_setzero_ps()
-    }
-    #[inline(always)]
-    unsafe fn splat(a: f32) -> Self {
-        _mm512_set1_ps(a)
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> Self {
-        _mm512_loadu_ps(p)
-    }
-    #[inline(always)]
-    unsafe fn store(self, p: *mut f32) {
-        _mm512_storeu_ps(p, self)
-    }
-    #[inline(always)]
-    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
-        _mm512_fmadd_ps(a, b, c)
-    }
-    #[inline(always)]
-    unsafe fn sum(self) -> f32 {
-        _mm512_reduce_add_ps(self)
-    }
-}
+avx2::f32_lanes!(
+    __m512,
+    16,
+    _mm512_setzero_ps,
+    _mm512_set1_ps,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps,
+    _mm512_fmadd_ps,
+    _mm512_reduce_add_ps
+);
 avx512_fn!(entry
     /// Softmax, bit-identical to the scalar tier.
     fn softmax(x: &mut [f32]) => crate::f32::softmax_body(x));
