@@ -134,11 +134,14 @@ pub struct HeadCache<'a> {
 }
 
 impl HeadCache<'_> {
-    /// Checks that `n` rows of `hd` values lie inside `k` and `v`.
+    /// Checks the shapes of one attention call: `out` as wide as `q`
+    /// (`hd`), and `n` rows of `hd` values inside `k` and `v`.
     ///
     /// # Panics
-    /// When they do not.
-    pub(crate) fn check(&self, n: usize, hd: usize) {
+    /// When they are not.
+    pub(crate) fn check(&self, out: &[f32], q: &[f32], n: usize) {
+        let hd = q.len();
+        assert_eq!(out.len(), hd, "attend: out and q differ in length");
         let need = n.checked_sub(1).map_or(Some(0), |last| {
             last.checked_mul(self.stride)?.checked_add(hd)
         });
@@ -173,8 +176,7 @@ pub(crate) fn attend_body(
     axpy: impl Fn(&mut [f32], f32, &[f32]),
 ) {
     let hd = q.len();
-    assert_eq!(out.len(), hd, "attend: out and q differ in length");
-    cache.check(scores.len(), hd);
+    cache.check(out, q, scores.len());
     let HeadCache { k, v, stride } = cache;
     for (p, s) in scores.iter_mut().enumerate() {
         *s = dot(q, &k[p * stride..][..hd]) * scale;

@@ -37,7 +37,8 @@ pub const SPIN: Duration = Duration::from_millis(2);
 #[derive(Clone, Copy)]
 struct Job {
     f: *const (dyn Fn(usize) + Sync),
-    /// All tasks in index order from one share (see [`Pool::run_in_order`]).
+    /// All tasks in index order from one share (see
+    /// [`Pool::for_chunks_in_order`]).
     in_order: bool,
 }
 
@@ -184,13 +185,6 @@ impl Pool {
         self.run_job(n_tasks, f, false)
     }
 
-    /// [`Pool::run`], but the tasks are started in index order (every
-    /// thread takes the lowest one left): for jobs whose tasks are sorted
-    /// largest first, so that the last to finish are the smallest.
-    pub fn run_in_order(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-        self.run_job(n_tasks, f, true)
-    }
-
     fn run_job(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync), in_order: bool) {
         if n_tasks == 0 {
             return;
@@ -267,8 +261,9 @@ impl Pool {
         self.chunks_job(out, chunk, f, false)
     }
 
-    /// [`Pool::for_chunks`] with the chunks started in order, as
-    /// [`Pool::run_in_order`].
+    /// [`Pool::for_chunks`], but the chunks are started in index order
+    /// (every thread takes the lowest one left): for jobs whose chunks are
+    /// sorted largest first, so that the last to finish are the smallest.
     pub fn for_chunks_in_order<T: Send>(
         &self,
         out: &mut [T],
@@ -745,14 +740,15 @@ mod tests {
             let n = 200;
             let next = AtomicUsize::new(0);
             let ticket: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
-            let f = |i: usize| {
+            let f = |i: usize, _: &mut [u8]| {
                 ticket[i].store(next.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_micros(20));
             };
+            let mut chunks = vec![0u8; n];
             if in_order {
-                pool.run_in_order(n, &f);
+                pool.for_chunks_in_order(&mut chunks, 1, &f);
             } else {
-                pool.run(n, &f);
+                pool.for_chunks(&mut chunks, 1, &f);
             }
             let t: Vec<usize> = ticket.iter().map(|t| t.load(Ordering::Relaxed)).collect();
             (0..n)

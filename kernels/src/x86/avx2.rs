@@ -1072,8 +1072,7 @@ pub(crate) unsafe fn attend_regs<V: F32Lanes>(
         let axpy = |y: &mut [f32], a: f32, x: &[f32]| axpy_f32(y, a, x);
         return crate::f32::attend_body(out, q, cache, scale, scores, dot, axpy);
     }
-    assert_eq!(out.len(), hd, "attend: out and q differ in length");
-    cache.check(scores.len(), hd);
+    cache.check(out, q, scores.len());
     let crate::f32::HeadCache { k, v, stride } = cache;
     // SAFETY (of the raw reads below): `check` showed that rows `p < n` of
     // `hd` values from `p·stride` lie inside `k` and `v`, and `q` and `out`
