@@ -3,8 +3,6 @@
 //! which [`crate::dispatch`] hands out after checking the CPU.
 
 use crate::dispatch::{Isa, Kernels};
-use crate::quant::{Planes, WeightsRef, QK};
-use std::ops::Range;
 
 /// Compiles a generic body with a tier's `target_feature` set: `fn` gives
 /// the `unsafe fn` that the tier's kernels call, `entry fn` a safe table
@@ -39,6 +37,8 @@ pub mod avx2;
 // minimum.
 pub mod avx512;
 pub mod maddubs;
+mod packed;
+pub(crate) use packed::Packed;
 pub mod vnni;
 
 /// AVX2, FMA and F16C (Haswell and later, Zen 1 and later).
@@ -108,111 +108,6 @@ pub(crate) fn into_row_major(
     for (r, o) in out.chunks_exact_mut(n).enumerate() {
         for (t, v) in o.iter_mut().enumerate() {
             *v = tmp[t * m + r];
-        }
-    }
-}
-
-/// A prompt task's packed weights: the kernel's lines of weight bytes
-/// (per group of rows, block and step) and, per group and block, its
-/// rows' f32 scales. Each kernel keeps one per thread between tasks, so
-/// that a prompt does not allocate (and fault in) them per task.
-pub(crate) struct Packed<L> {
-    pub(crate) lines: Vec<L>,
-    pub(crate) scales: Vec<f32>,
-}
-
-impl<L> Packed<L> {
-    /// Empty, allocating nothing.
-    pub(crate) const fn new() -> Packed<L> {
-        Packed {
-            lines: Vec::new(),
-            scales: Vec::new(),
-        }
-    }
-}
-
-impl<L: bytemuck::Pod> Packed<L> {
-    /// Weight rows `rows` of q4 or q8 `w`, in groups of `group` rows (zero
-    /// rows with zero scales past the end): per group, block of 32 columns
-    /// and step of 4, the group's 4 bytes per row as the lanes of
-    /// `group / lanes` lines (`lanes` = u32s per `L`), q4 nibbles as
-    /// bytes and q8 words XORed with `q8_flip` (`0x8080_8080`: `w + 128`
-    /// as unsigned bytes; 0: as they are); per group and block, the rows'
-    /// scales.
-    pub(crate) fn pack(
-        &mut self,
-        w: &WeightsRef<'_>,
-        rows: Range<usize>,
-        group: usize,
-        q8_flip: u32,
-    ) {
-        let lanes = std::mem::size_of::<L>() / 4;
-        let per = group / lanes;
-        let (nb, steps) = (w.cols() / QK, QK / 4);
-        let groups = rows.len().div_ceil(group);
-        self.lines.clear();
-        self.lines.resize(groups * nb * steps * per, L::zeroed());
-        self.scales.clear();
-        self.scales.resize(groups * nb * group, 0.0);
-        let words: &mut [u32] = bytemuck::cast_slice_mut(&mut self.lines);
-        let word = |q: &[u8]| u32::from_le_bytes([q[0], q[1], q[2], q[3]]);
-        for (i, r) in rows.enumerate() {
-            let (g, ri) = (i / group, i % group);
-            let lane = ri % lanes;
-            for b in 0..nb {
-                // Row i's word at step s.
-                let at = |s: usize| (((g * nb + b) * steps + s) * per + ri / lanes) * lanes + lane;
-                let d = match w.planes() {
-                    Planes::Q4 { quants, scales } => {
-                        let qs = &quants[r * nb + b].qs;
-                        for k in 0..4 {
-                            // Byte j holds element j (low nibble) and j + 16.
-                            let v = word(&qs[4 * k..]);
-                            words[at(k)] = v & 0x0F0F_0F0F;
-                            words[at(k + 4)] = (v >> 4) & 0x0F0F_0F0F;
-                        }
-                        scales[r * nb + b]
-                    }
-                    Planes::Q8 { quants, scales } => {
-                        let qs: &[u8; QK] = bytemuck::cast_ref(&quants[r * nb + b].qs);
-                        for s in 0..steps {
-                            words[at(s)] = word(&qs[4 * s..]) ^ q8_flip;
-                        }
-                        scales[r * nb + b]
-                    }
-                    _ => unreachable!("Packed::pack: q4 and q8 weights only"),
-                };
-                self.scales[(g * nb + b) * group + ri] = d.to_f32();
-            }
-        }
-    }
-
-    /// Walks the tiles of the packed `rows` × `n` tokens: for each group
-    /// of `group` rows, its lines and scales (`nb` blocks), then tokens
-    /// `per_tile` at a time (fewer in the last tile), calling
-    /// `tile(lines, scales, t0, tokens, c0, valid)` with `c0` the group's
-    /// first view column and `valid` its rows that are not padding.
-    pub(crate) fn for_each_tile(
-        &self,
-        rows: usize,
-        nb: usize,
-        group: usize,
-        n: usize,
-        per_tile: usize,
-        mut tile: impl FnMut(&[L], &[f32], usize, usize, usize, usize),
-    ) {
-        let per_group = nb * (QK / 4) * group / (std::mem::size_of::<L>() / 4);
-        for g in 0..rows.div_ceil(group) {
-            let lines = &self.lines[g * per_group..][..per_group];
-            let scales = &self.scales[g * nb * group..][..nb * group];
-            let c0 = g * group;
-            let valid = (rows - c0).min(group);
-            let mut t0 = 0;
-            while t0 < n {
-                let take = (n - t0).min(per_tile);
-                tile(lines, scales, t0, take, c0, valid);
-                t0 += take;
-            }
         }
     }
 }
