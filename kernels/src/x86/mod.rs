@@ -125,12 +125,19 @@ impl<T: Clone + Default> Recycler<T> {
         Recycler(std::sync::Mutex::new(Vec::new()))
     }
 
-    /// `len` elements of the largest buffer given back, else a new one;
-    /// the caller overwrites every element.
+    /// `len` elements of a buffer given back, else a new one; the caller
+    /// overwrites every element. The buffer is the shortest one holding
+    /// at least `len` (else the longest, extended): inputs of several
+    /// widths take turns, and a long buffer cut short for a narrow input
+    /// would have its tail written again (by this thread alone) for the
+    /// next wide one.
     pub(crate) fn take(&self, len: usize) -> Vec<T> {
         let mut v = {
             let mut free = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            let best = (0..free.len()).max_by_key(|&i| free[i].capacity());
+            let fits = (0..free.len())
+                .filter(|&i| free[i].len() >= len)
+                .min_by_key(|&i| free[i].len());
+            let best = fits.or_else(|| (0..free.len()).max_by_key(|&i| free[i].len()));
             best.map(|i| free.swap_remove(i)).unwrap_or_default()
         };
         v.resize(len, T::default());
@@ -230,7 +237,34 @@ pub static AMX_NO_VBMI: Kernels = Kernels {
 
 #[cfg(test)]
 mod tests {
-    use super::{prefetch, PREFETCH_AHEAD};
+    use super::{prefetch, Recycler, PREFETCH_AHEAD};
+
+    /// Narrow and wide inputs taking turns each get back the buffer of
+    /// their own length, as it was left (nothing rewritten).
+    #[test]
+    fn recycler_gives_each_length_its_own_buffer() {
+        let r: Recycler<u32> = Recycler::new();
+        let (mut wide, mut narrow) = (r.take(30), r.take(10));
+        wide.fill(3);
+        narrow.fill(1);
+        let (wp, np) = (wide.as_ptr(), narrow.as_ptr());
+        r.give(wide);
+        r.give(narrow);
+        for _ in 0..3 {
+            let n = r.take(10);
+            assert_eq!((n.as_ptr(), n.len()), (np, 10));
+            assert!(n.iter().all(|&v| v == 1));
+            let w = r.take(30);
+            assert_eq!((w.as_ptr(), w.len()), (wp, 30));
+            assert!(w.iter().all(|&v| v == 3));
+            r.give(n);
+            r.give(w);
+        }
+        // Longer than any: the longest, extended with defaults.
+        let l = r.take(40);
+        assert_eq!(l.len(), 40);
+        assert!(l[..30].iter().all(|&v| v == 3) && l[30..].iter().all(|&v| v == 0));
+    }
 
     /// The decode kernels ask for lines past the end of their planes (the
     /// last rows' look-ahead): that must never fault, nor change memory.
