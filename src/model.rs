@@ -904,13 +904,15 @@ fn prompt_attention(
     // K_h (n_ctx, hd) and V_hᵀ (hd, ctx) of every key head; V_hᵀ's padding
     // columns stay 0 (the sizes are the same for every layer of one
     // forward pass).
-    kh.resize(n_kv * n_ctx * hd, 0.0);
+    kh.resize(n_kv * ctx * hd, 0.0);
     vt.resize(n_kv * hd * ctx, 0.0);
     o.resize(n_kv * chunks * chunk_rows * hd, 0.0);
-    pool.for_chunks(kh, n_ctx * hd, &|kvh, kh| {
-        for (pos, row) in kh.chunks_exact_mut(hd).enumerate() {
+    pool.for_chunks(kh, ctx * hd, &|kvh, kh| {
+        let (live, pad) = kh.split_at_mut(n_ctx * hd);
+        for (pos, row) in live.chunks_exact_mut(hd).enumerate() {
             row.copy_from_slice(&k_cache[pos * kv_dim + kvh * hd..][..hd]);
         }
+        pad.fill(0.0);
     });
     pool.for_chunks(vt, hd * ctx, &|kvh, vt| {
         for pos in 0..n_ctx {
@@ -933,25 +935,24 @@ fn prompt_attention(
         let lc = len.next_multiple_of(microllm_kernels::quant::QK);
         TASK_SCRATCH.with(|ts| {
             let ts = &mut *ts.borrow_mut();
-            let (qg, scores, p, vc) = (&mut ts.0, &mut ts.1, &mut ts.2, &mut ts.3);
+            let (qg, p, vc) = (&mut ts.0, &mut ts.1, &mut ts.2);
             // Row (t − t0)·group + g: token t's query of head kvh·group + g
-            // (the group's heads lie side by side in q and in out).
+            // (the group's heads lie side by side in q and in out), scaled
+            // by 1/√hd here rather than every score after the product.
             qg.clear();
             for t in t0..t1 {
-                qg.extend_from_slice(&q[t * q_dim + kvh * group * hd..][..group * hd]);
+                let row = &q[t * q_dim + kvh * group * hd..][..group * hd];
+                qg.extend(row.iter().map(|&v| v * scale));
             }
-            let kh = &kh[kvh * n_ctx * hd..][..len * hd];
-            let k_mat = WeightsRef::new(len, hd, Planes::F32(kh)).expect("K_h is (len, hd)");
-            scores.resize(rc * len, 0.0);
-            k_mat.matmul_with(kern, one, scores, qg, rc);
-            // Row (t, g) sees positions 0..=pos0 + t; the rest of P is 0.
+            // Scores straight into P (rc, lc): K_h's rows past n_ctx are 0.
+            let kh = &kh[kvh * ctx * hd..][..lc * hd];
+            let k_mat = WeightsRef::new(lc, hd, Planes::F32(kh)).expect("K_h is (lc, hd)");
             p.resize(rc * lc, 0.0);
+            k_mat.matmul_with(kern, one, p, qg, rc);
+            // Row (t, g) sees positions 0..=pos0 + t; the rest of P is 0.
             for (r, prow) in p.chunks_exact_mut(lc).enumerate() {
                 let live = pos0 + t0 + r / group + 1;
                 let (live, masked) = prow.split_at_mut(live);
-                for (v, &s) in live.iter_mut().zip(&scores[r * len..]) {
-                    *v = s * scale;
-                }
                 (kern.softmax)(live);
                 masked.fill(0.0);
             }
@@ -981,14 +982,15 @@ fn serial_pool() -> &'static Pool {
     ONE.get_or_init(|| Pool::new(1))
 }
 
-/// One [`prompt_attention`] task's Q_g (rows, hd), scores (rows, len), P
-/// (rows, lc) and V_hᵀ's first lc columns (hd, lc).
-type TaskScratch = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+/// One [`prompt_attention`] task's Q_g (rows, hd), scores turned into P
+/// (rows, lc) and V_hᵀ's first lc columns (hd, lc); a decode task's
+/// scores use the second.
+type TaskScratch = (Vec<f32>, Vec<f32>, Vec<f32>);
 
 thread_local! {
     /// A [`TaskScratch`] per thread, kept between tasks.
     static TASK_SCRATCH: std::cell::RefCell<TaskScratch> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new(), Vec::new())) };
+        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// Scratch of [`prompt_attention`], made once per forward pass: every key
