@@ -133,8 +133,10 @@ pub struct ColsKernel {
     /// The kernel.
     pub f: MatmulF32ColsFn,
     /// Arranges the activations for the kernel over the whole pool, once
-    /// per input, before the matrix's tasks start.
-    pub prepare: fn(x: &F32Activations<'_>, pool: &crate::pool::Pool),
+    /// per input, before the matrix's tasks start; given the weights, so
+    /// that a kernel that hands some types on to another arranges nothing
+    /// for those.
+    pub prepare: fn(w: &WeightsRef<'_>, x: &F32Activations<'_>, pool: &crate::pool::Pool),
 }
 
 /// As [`MatmulF32ColsFn`] with int8 activations, for q4 and q8 weights.

@@ -357,7 +357,7 @@ proptest! {
             // Any token count, below the tables' `min_tokens` too.
             let Some(c) = k.matmul_f32_cols.filter(|c| (c.takes)(ty)) else { continue };
             let xa = F32Activations::new(&x, n, cols);
-            (c.prepare)(&xa, &pool);
+            (c.prepare)(&w, &xa, &pool);
             let mut got = vec![f32::NAN; n * rows];
             (c.f)(&w, &xa, Columns::new(&mut got, n, rows, r0..r1));
             let bound = |r, t| f32_bound(k.isa, &w, &wd, &x, r, t);

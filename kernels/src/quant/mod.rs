@@ -717,7 +717,7 @@ impl<'a> WeightsRef<'a> {
         assert_eq!(out.len(), n * self.rows, "matmul: out is not (n, rows)");
         match k.f32_cols_for(self, n) {
             Some(c) => {
-                (c.prepare)(x, pool);
+                (c.prepare)(self, x, pool);
                 let per = prompt_columns_per_task(self.rows, pool);
                 pool.for_column_blocks(out, n, self.rows, per, &|_, o| (c.f)(self, x, o));
             }

@@ -287,7 +287,7 @@ unsafe fn pack_token_tiles(x: &F32Activations<'_>, first: usize, part: &mut [Lin
 
 /// The table's `prepare` entry: packs `x`'s tiles over `pool` before the
 /// matrix's tasks start (they find them in the layout cache).
-pub(crate) fn prepare_f32(x: &F32Activations<'_>, pool: &Pool) {
+pub(crate) fn prepare_f32(_: &WeightsRef<'_>, x: &F32Activations<'_>, pool: &Pool) {
     x.layout(SLOT, || pack_activations(x, pool));
 }
 

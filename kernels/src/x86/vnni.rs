@@ -254,9 +254,13 @@ impl Drop for Split {
 }
 
 /// The table's `prepare` entry: splits `x` over `pool` before the
-/// matrix's tasks start (they find it in the layout cache).
-pub(crate) fn prepare_f32(x: &F32Activations<'_>, pool: &Pool) {
-    x.layout(SLOT, || split_activations(x, pool));
+/// matrix's tasks start (they find it in the layout cache), for the
+/// weights the split kernel takes; others (prompt attention's f32
+/// matrices) go to the f32 panel kernel, which does not read the split.
+pub(crate) fn prepare_f32(w: &WeightsRef<'_>, x: &F32Activations<'_>, pool: &Pool) {
+    if weight_type(w).is_some() && w.cols().is_multiple_of(QK) {
+        x.layout(SLOT, || split_activations(x, pool));
+    }
 }
 
 /// 64 bytes, aligned to a cache line: 16 rows' 4 bytes.
@@ -655,6 +659,42 @@ mod tests {
             assert_eq!(a.q, b.q);
             assert_eq!(a.d.map(f32::to_bits), b.d.map(f32::to_bits));
             assert_eq!(a.start, b.start);
+        }
+    }
+
+    /// `prepare_f32` splits an input for q4 and q8 weights only: f32
+    /// matrices (prompt attention's) go to the panel kernel, and a split
+    /// of their inputs was a third of all the splitting in a prompt.
+    #[test]
+    fn prepare_splits_for_quantized_weights_only() {
+        if !crate::x86::avx512_available() {
+            return;
+        }
+        let (n, cols) = (MIN_TOKENS, 2 * QK);
+        let x = vec![0.5f32; n * cols];
+        let wf = vec![1.0f32; 3 * cols];
+        let q4 = vec![crate::quant::BlockQ4 { qs: [0x88; 16] }; 3 * 2];
+        let sc = vec![half::f16::ONE; 3 * 2];
+        let f32_w = WeightsRef::new(3, cols, Planes::F32(&wf)).expect("f32");
+        let q4_w = WeightsRef::new(
+            3,
+            cols,
+            Planes::Q4 {
+                quants: &q4,
+                scales: &sc,
+            },
+        )
+        .expect("q4");
+        let pool = Pool::new(1);
+        for (w, split) in [(&f32_w, false), (&q4_w, true)] {
+            let xa = F32Activations::new(&x, n, cols);
+            prepare_f32(w, &xa, &pool);
+            let built_later = std::cell::Cell::new(false);
+            xa.layout(SLOT, || {
+                built_later.set(true);
+                split_activations(&xa, &pool)
+            });
+            assert_eq!(!built_later.get(), split, "{}", w.ty());
         }
     }
 
