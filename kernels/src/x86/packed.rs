@@ -199,104 +199,173 @@ impl Set<'_, '_> {
         }
     }
 
-    /// The quant bytes and scales of weight rows `r..r + N`, as slices
-    /// (bounds-checked here, once per row).
-    fn rows<const N: usize>(&self, r: usize) -> ([&[u8]; N], [&[half::f16]; N], usize) {
+    /// The quant bytes and scales of weight rows `r..r + count` (the rest
+    /// of the 16 entries empty), as slices bounds-checked here, once per
+    /// row; and the quant bytes per block.
+    fn rows(&self, r: usize, count: usize) -> ([&[u8]; 16], [&[half::f16]; 16], usize) {
         let nb = self.nb;
         let (bytes, sc, per): (&[u8], &[half::f16], usize) = match self.w.planes() {
             Planes::Q4 { quants, scales } => (bytemuck::cast_slice(quants), scales, QK / 2),
             Planes::Q8 { quants, scales } => (bytemuck::cast_slice(quants), scales, QK),
             _ => unreachable!("Packed::pack: q4 and q8 weights only"),
         };
-        let q = std::array::from_fn(|j| &bytes[(r + j) * nb * per..][..nb * per]);
-        let s = std::array::from_fn(|j| &sc[(r + j) * nb..][..nb]);
+        let q = std::array::from_fn(|j| match j < count {
+            true => &bytes[(r + j) * nb * per..][..nb * per],
+            false => &[][..],
+        });
+        let s = std::array::from_fn(|j| match j < count {
+            true => &sc[(r + j) * nb..][..nb],
+            false => &[][..],
+        });
         (q, s, per)
     }
 
-    /// Packed rows `i..i + 16` (one line's lanes, weight rows from
+    /// Packed rows `i..i + V::ROWS` (one line's lanes, weight rows from
     /// `first + i`): per block, the rows' 16-byte pieces transposed as
     /// words in four registers, each of which is one step's line (q8: two
     /// pieces, eight steps; q4: one piece, its low and high nibbles the
     /// eight steps).
     ///
     /// # Safety
-    /// AVX-512 F present. `i` is a multiple of 16.
-    #[target_feature(enable = "avx2,f16c,avx512f")]
-    unsafe fn pack16(&self, i: usize, words: &mut [u32], scales: &mut [f32]) {
-        let (q, sc, per) = self.rows::<16>(self.first + i);
-        let mut store = |at: usize, v: __m512i| {
-            let dst = &mut words[at..at + 16];
-            // SAFETY: 16 u32s, bounds-checked just above.
-            unsafe { _mm512_storeu_si512(dst.as_mut_ptr() as *mut _, v) };
-        };
-        let low = _mm512_set1_epi8(0x0F);
-        let flip = _mm512_set1_epi32(self.q8_flip as i32);
+    /// The CPU has `V`'s instructions (the callers' target features).
+    #[inline(always)]
+    unsafe fn pack_set<V: LineRegs>(&self, i: usize, words: &mut [u32], scales: &mut [f32]) {
+        let (q, sc, per) = self.rows(self.first + i, V::ROWS);
+        let low = V::splat(0x0F0F_0F0F);
+        let flip = V::splat(self.q8_flip);
         for b in 0..self.nb {
             for piece in 0..per / 16 {
-                let t = transpose16(&q, b * per + 16 * piece);
+                let t = V::transpose(&q, b * per + 16 * piece);
                 for (k, &v) in t.iter().enumerate() {
+                    let at = |s| self.word_at(i, b, s)..self.word_at(i, b, s) + V::ROWS;
                     if per == QK {
-                        store(self.word_at(i, b, 4 * piece + k), _mm512_xor_si512(v, flip));
+                        V::store(&mut words[at(4 * piece + k)], V::xor(v, flip));
                     } else {
-                        store(self.word_at(i, b, k), _mm512_and_si512(v, low));
-                        let hi = _mm512_and_si512(_mm512_srli_epi32::<4>(v), low);
-                        store(self.word_at(i, b, k + 4), hi);
+                        V::store(&mut words[at(k)], V::and(v, low));
+                        V::store(&mut words[at(k + 4)], V::and(V::srli4(v), low));
                     }
                 }
             }
-            let h: [u16; 16] = std::array::from_fn(|j| sc[j][b].to_bits());
-            let d = &mut scales[self.scale_at(i, b)..][..16];
-            // SAFETY: 16 u16s read, 16 f32s written, bounds-checked above.
-            unsafe {
-                let h = _mm256_loadu_si256(h.as_ptr() as *const __m256i);
-                _mm512_storeu_ps(d.as_mut_ptr(), _mm512_cvtph_ps(h));
-            }
+            let h: [u16; 16] = std::array::from_fn(|j| sc[j].get(b).map_or(0, |d| d.to_bits()));
+            V::scales(&h, &mut scales[self.scale_at(i, b)..][..V::ROWS]);
         }
     }
 
-    /// [`Set::pack16`] for lines of 8 rows (256-bit registers).
+    /// [`Set::pack_set`] for lines of 16 rows (512-bit registers).
+    ///
+    /// # Safety
+    /// AVX-512 F present. `i` is a multiple of 16.
+    #[target_feature(enable = "avx2,f16c,avx512f")]
+    unsafe fn pack16(&self, i: usize, words: &mut [u32], scales: &mut [f32]) {
+        self.pack_set::<__m512i>(i, words, scales)
+    }
+
+    /// [`Set::pack_set`] for lines of 8 rows (256-bit registers).
     ///
     /// # Safety
     /// AVX2 and F16C present. `i` is a multiple of 8.
     #[target_feature(enable = "avx2,f16c")]
     unsafe fn pack8(&self, i: usize, words: &mut [u32], scales: &mut [f32]) {
-        let (q, sc, per) = self.rows::<8>(self.first + i);
-        let mut store = |at: usize, v: __m256i| {
-            let dst = &mut words[at..at + 8];
-            // SAFETY: 8 u32s, bounds-checked just above.
-            unsafe { _mm256_storeu_si256(dst.as_mut_ptr() as *mut _, v) };
-        };
-        let low = _mm256_set1_epi8(0x0F);
-        let flip = _mm256_set1_epi32(self.q8_flip as i32);
-        for b in 0..self.nb {
-            for piece in 0..per / 16 {
-                let t = transpose8(&q, b * per + 16 * piece);
-                for (k, &v) in t.iter().enumerate() {
-                    if per == QK {
-                        store(self.word_at(i, b, 4 * piece + k), _mm256_xor_si256(v, flip));
-                    } else {
-                        store(self.word_at(i, b, k), _mm256_and_si256(v, low));
-                        let hi = _mm256_and_si256(_mm256_srli_epi32::<4>(v), low);
-                        store(self.word_at(i, b, k + 4), hi);
-                    }
-                }
-            }
-            let h: [u16; 8] = std::array::from_fn(|j| sc[j][b].to_bits());
-            let d = &mut scales[self.scale_at(i, b)..][..8];
-            // SAFETY: 8 u16s read, 8 f32s written, bounds-checked above.
-            unsafe {
-                let h = _mm_loadu_si128(h.as_ptr() as *const __m128i);
-                _mm256_storeu_ps(d.as_mut_ptr(), _mm256_cvtph_ps(h));
-            }
-        }
+        self.pack_set::<__m256i>(i, words, scales)
     }
 }
 
-/// Word `k` of the 16 bytes at `off` of each of 16 rows, in register `k`
+/// The register operations of [`Set::pack_set`], for 16 rows a line
+/// (512-bit) and 8 (256-bit). Every method needs its width's
+/// instructions: callers have them in their target features.
+trait LineRegs: Copy {
+    /// Rows (u32 lanes) per register.
+    const ROWS: usize;
+    /// Word `k` of the 16 bytes at `off` of each of the first `ROWS`
+    /// rows, in register `k` (lane `j`: row `j`).
+    unsafe fn transpose(rows: &[&[u8]; 16], off: usize) -> [Self; 4];
+    unsafe fn splat(v: u32) -> Self;
+    unsafe fn and(a: Self, b: Self) -> Self;
+    unsafe fn xor(a: Self, b: Self) -> Self;
+    /// Each u32 shifted right by 4 bits.
+    unsafe fn srli4(a: Self) -> Self;
+    /// `dst` holds `ROWS` words (bounds-checked by the caller's slice).
+    unsafe fn store(dst: &mut [u32], v: Self);
+    /// The first `ROWS` f16 bits of `h` as f32 into `d` (`ROWS` long).
+    unsafe fn scales(h: &[u16; 16], d: &mut [f32]);
+}
+
+impl LineRegs for __m512i {
+    const ROWS: usize = 16;
+    #[inline(always)]
+    unsafe fn transpose(rows: &[&[u8]; 16], off: usize) -> [Self; 4] {
+        transpose16(rows, off)
+    }
+    #[inline(always)]
+    unsafe fn splat(v: u32) -> Self {
+        _mm512_set1_epi32(v as i32)
+    }
+    #[inline(always)]
+    unsafe fn and(a: Self, b: Self) -> Self {
+        _mm512_and_si512(a, b)
+    }
+    #[inline(always)]
+    unsafe fn xor(a: Self, b: Self) -> Self {
+        _mm512_xor_si512(a, b)
+    }
+    #[inline(always)]
+    unsafe fn srli4(a: Self) -> Self {
+        _mm512_srli_epi32::<4>(a)
+    }
+    #[inline(always)]
+    unsafe fn store(dst: &mut [u32], v: Self) {
+        assert_eq!(dst.len(), 16);
+        _mm512_storeu_si512(dst.as_mut_ptr() as *mut _, v)
+    }
+    #[inline(always)]
+    unsafe fn scales(h: &[u16; 16], d: &mut [f32]) {
+        assert_eq!(d.len(), 16);
+        let h = _mm256_loadu_si256(h.as_ptr() as *const __m256i);
+        _mm512_storeu_ps(d.as_mut_ptr(), _mm512_cvtph_ps(h));
+    }
+}
+
+impl LineRegs for __m256i {
+    const ROWS: usize = 8;
+    #[inline(always)]
+    unsafe fn transpose(rows: &[&[u8]; 16], off: usize) -> [Self; 4] {
+        transpose8(rows, off)
+    }
+    #[inline(always)]
+    unsafe fn splat(v: u32) -> Self {
+        _mm256_set1_epi32(v as i32)
+    }
+    #[inline(always)]
+    unsafe fn and(a: Self, b: Self) -> Self {
+        _mm256_and_si256(a, b)
+    }
+    #[inline(always)]
+    unsafe fn xor(a: Self, b: Self) -> Self {
+        _mm256_xor_si256(a, b)
+    }
+    #[inline(always)]
+    unsafe fn srli4(a: Self) -> Self {
+        _mm256_srli_epi32::<4>(a)
+    }
+    #[inline(always)]
+    unsafe fn store(dst: &mut [u32], v: Self) {
+        assert_eq!(dst.len(), 8);
+        _mm256_storeu_si256(dst.as_mut_ptr() as *mut _, v)
+    }
+    #[inline(always)]
+    unsafe fn scales(h: &[u16; 16], d: &mut [f32]) {
+        assert_eq!(d.len(), 8);
+        let h = _mm_loadu_si128(h.as_ptr() as *const __m128i);
+        _mm256_storeu_ps(d.as_mut_ptr(), _mm256_cvtph_ps(h));
+    }
+}
+
+/// Word `k` of the 16 bytes at `off` of each of rows 0–15, in register `k`
 /// (lane `j`: row `j`). Register `m` is first loaded with rows `m`, `m + 4`,
 /// `m + 8`, `m + 12` (one per 128-bit lane), so a 4 × 4 transpose of words
 /// inside each lane (`unpack` of words, then of pairs) is the whole
 /// transpose: lane `L` ends up holding rows `4L .. 4L + 3`.
+#[inline]
 #[target_feature(enable = "avx512f")]
 fn transpose16(rows: &[&[u8]; 16], off: usize) -> [__m512i; 4] {
     // (Closures here hold no intrinsics: one that did would not be inlined
@@ -328,10 +397,11 @@ fn transpose16(rows: &[&[u8]; 16], off: usize) -> [__m512i; 4] {
     ]
 }
 
-/// [`transpose16`] for 8 rows in 256-bit registers (register `m`: rows
+/// [`transpose16`] for rows 0–7 in 256-bit registers (register `m`: rows
 /// `m` and `m + 4`).
+#[inline]
 #[target_feature(enable = "avx2")]
-fn transpose8(rows: &[&[u8]; 8], off: usize) -> [__m256i; 4] {
+fn transpose8(rows: &[&[u8]; 16], off: usize) -> [__m256i; 4] {
     let at = |j: usize| rows[j][off..off + 16].as_ptr() as *const __m128i;
     let mut r = [_mm256_setzero_si256(); 4];
     for (m, r) in r.iter_mut().enumerate() {
