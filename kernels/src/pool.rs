@@ -756,8 +756,13 @@ mod tests {
                 .max()
                 .unwrap()
         };
-        assert!(inversions(true) <= 1, "in order: {}", inversions(true));
-        assert!(inversions(false) > 10, "shares: {}", inversions(false));
+        // A thread descheduled between taking a task and its ticket (under
+        // qemu, say) makes inversions in order too: the least of 3 runs. A
+        // pool that hands out shares in order mode fails every run.
+        let in_order = (0..3).map(|_| inversions(true)).min().unwrap();
+        assert!(in_order <= 1, "in order: {in_order}");
+        let shares = inversions(false);
+        assert!(shares > 10, "shares: {shares}");
     }
 
     #[test]
