@@ -78,7 +78,12 @@ pub(super) enum Wt {
     Q8 = 1,
 }
 
+/// The weights' type if the tile takes them: q4 or q8 in whole blocks of
+/// columns (every entry asks both, so they are asked in one place).
 fn weight_type(w: &WeightsRef<'_>) -> Option<Wt> {
+    if !w.cols().is_multiple_of(QK) {
+        return None;
+    }
     match w.planes() {
         Planes::Q4 { .. } => Some(Wt::Q4),
         Planes::Q8 { .. } => Some(Wt::Q8),
@@ -258,7 +263,7 @@ impl Drop for Split {
 /// weights the split kernel takes; others (prompt attention's f32
 /// matrices) go to the f32 panel kernel, which does not read the split.
 pub(crate) fn prepare_f32(w: &WeightsRef<'_>, x: &F32Activations<'_>, pool: &Pool) {
-    if weight_type(w).is_some() && w.cols().is_multiple_of(QK) {
+    if weight_type(w).is_some() {
         x.layout(SLOT, || split_activations(x, pool));
     }
 }
@@ -426,7 +431,7 @@ pub(crate) fn matmul_f32_cols(w: &WeightsRef<'_>, x: &F32Activations<'_>, out: C
     assert_eq!(out.n(), x.n(), "matmul: out has other tokens than x");
     assert_eq!(x.cols(), w.cols(), "matmul: x is not (n, cols)");
     match weight_type(w) {
-        Some(wt) if w.cols().is_multiple_of(QK) => {
+        Some(wt) => {
             // SAFETY: only reachable through `crate::x86::AVX512` (and the
             // tables built on it), handed out after `avx512_available()`:
             // AVX-512 F/BW/VL and VNNI present. Shapes are checked above;
@@ -448,7 +453,7 @@ pub(crate) fn matmul_f32_entry(
 ) {
     let n = x.n();
     let wt = match weight_type(w) {
-        Some(wt) if n >= MIN_TOKENS && w.cols().is_multiple_of(QK) && !rows.is_empty() => wt,
+        Some(wt) if n >= MIN_TOKENS && !rows.is_empty() => wt,
         _ => return super::avx512::matmul_f32_entry(w, rows, x, out),
     };
     assert!(rows.end <= w.rows(), "matmul: rows out of range");
@@ -515,7 +520,7 @@ pub(crate) fn matmul_q8_cols(w: &WeightsRef<'_>, x: &Q8Activations, out: Columns
     assert_eq!(out.n(), x.n(), "matmul_q8: out has other tokens than x");
     assert_eq!(x.cols(), w.cols(), "matmul_q8: x is not (n, cols)");
     let wt = match weight_type(w) {
-        Some(wt) if w.cols().is_multiple_of(QK) => wt,
+        Some(wt) => wt,
         _ => panic!("matmul_q8_cols: takes q4 and q8 weights, got {}", w.ty()),
     };
     // SAFETY: as in matmul_f32_cols.
@@ -534,7 +539,7 @@ fn matmul_q8_entry(
 ) {
     let n = x.n();
     let wt = match weight_type(w) {
-        Some(wt) if n >= MIN_TOKENS && w.cols().is_multiple_of(QK) && !rows.is_empty() => wt,
+        Some(wt) if n >= MIN_TOKENS && !rows.is_empty() => wt,
         _ => return decode(w, rows, x, out),
     };
     assert!(rows.end <= w.rows(), "matmul_q8: rows out of range");
