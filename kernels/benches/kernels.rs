@@ -162,11 +162,16 @@ fn decode(c: &mut Criterion) {
     decode_group(c, "decode", &shapes, &TYPES, &["f32", "q8"]);
 }
 
-/// Decode of 2:4 sparse `q4s24` (weights pruned 2:4 by magnitude) beside
-/// dense `q4` of the same shape (whose speed does not depend on the
-/// values), int8 activations.
+/// Decode of 2:4 sparse `q4s24` and `q8s24` (weights pruned 2:4 by
+/// magnitude) beside dense `q4` and `q8` of the same shape (whose speed
+/// does not depend on the values), int8 activations.
 fn sparse(c: &mut Criterion) {
-    let types = [TensorType::Q4, TensorType::Q4S24];
+    let types = [
+        TensorType::Q4,
+        TensorType::Q4S24,
+        TensorType::Q8,
+        TensorType::Q8S24,
+    ];
     decode_group(c, "sparse", &[(1536, 576), (576, 1536)], &types, &["q8"]);
 }
 

@@ -180,6 +180,8 @@ pub struct Kernels {
     /// reference serves `matmul_q8`, and models give `q4s24` f32 inputs
     /// (see [`Kernels::int8_for`]).
     pub matmul_q4s24_q8: Option<MatmulQ8Fn>,
+    /// 2:4 sparse `q8s24` weights × int8 activations, as `matmul_q4s24_q8`.
+    pub matmul_q8s24_q8: Option<MatmulQ8Fn>,
     /// Arranges `x` for the int8 kernel of `w`'s type (in `x`'s layout
     /// cache) before a matrix's tasks start, so that they do not race to
     /// build it (the losers would sleep on a lock); nothing on tiers whose
@@ -222,6 +224,7 @@ pub static SCALAR: Kernels = Kernels {
     matmul_q4_q8: scalar_matmul_q8,
     matmul_q4m_q8: scalar_matmul_q8,
     matmul_q4s24_q8: None,
+    matmul_q8s24_q8: None,
     prepare_q8: no_prepare_q8,
     matmul_f32: scalar_matmul_f32,
     matmul_f32_cols: None,
@@ -336,8 +339,7 @@ impl Kernels {
             T::Q4 => Some(self.matmul_q4_q8),
             T::Q4m => Some(self.matmul_q4m_q8),
             T::Q4S24 => Some(self.matmul_q4s24_q8.unwrap_or(scalar_matmul_q8)),
-            // Row by row through `dot_row_q8`.
-            T::Q8S24 => Some(scalar_matmul_q8),
+            T::Q8S24 => Some(self.matmul_q8s24_q8.unwrap_or(scalar_matmul_q8)),
             _ => None,
         }
     }
@@ -364,7 +366,7 @@ impl Kernels {
         use crate::quant::TensorType as T;
         match ty {
             T::Q4S24 => self.matmul_q4s24_q8.is_some(),
-            T::Q8S24 => false,
+            T::Q8S24 => self.matmul_q8s24_q8.is_some(),
             t => t.is_quantized(),
         }
     }

@@ -185,13 +185,14 @@ proptest! {
         }
     }
 
-    /// The int8 matrix kernel of every tier (AVX-512 with VBMI has a SIMD
-    /// one) against the scalar `dot_q8_q4s24`, row by row, on any codes
-    /// (6 and 7 too), odd block counts (a half step at the row's end), row
-    /// counts that are not a multiple of the 4-row tile, several tokens,
-    /// and several pool sizes.
+    /// The int8 matrix kernels of every tier (AVX-512 with VBMI has SIMD
+    /// ones for both types) against the scalar `dot_q8_q4s24` and
+    /// `dot_q8_q8s24`, row by row, on any codes and positions (`q4s24`
+    /// codes 6 and 7, repeated `q8s24` positions), odd block counts (a half
+    /// step at the row's end), row counts that are not a multiple of the
+    /// 4-row tile, several tokens, and several pool sizes.
     #[test]
-    fn q4s24_int8_matmul_equals_scalar_on_every_tier(
+    fn sparse_int8_matmuls_equal_scalar_on_every_tier(
         rows in 1usize..11,
         nb in 1usize..20,
         n in 1usize..4,
@@ -199,8 +200,6 @@ proptest! {
         extreme in any::<bool>(),
     ) {
         let cols = nb * SK;
-        let raw: Vec<u8> = gauss(rows * nb * 22, seed).iter().map(|v| (v * 1e4) as i64 as u8).collect();
-        let blocks: Vec<BlockQ4S24> = bytemuck::cast_slice(&raw).to_vec();
         let scales: Vec<f16> = gauss(rows * nb, seed ^ 3).iter().map(|v| f16::from_f32(v * 0.1)).collect();
         let mut x = gauss(n * cols, seed ^ 5);
         if extreme {
@@ -209,21 +208,32 @@ proptest! {
                 if i % 5 == 0 { *v = if i % 2 == 0 { 1e3 } else { -1e3 }; }
             }
         }
-        let w = WeightsRef::new(rows, cols, Planes::Q4S24 { blocks: &blocks, scales: &scales }).unwrap();
+        let bytes = |len: usize| -> Vec<u8> {
+            gauss(len, seed).iter().map(|v| (v * 1e4) as i64 as u8).collect()
+        };
+        let (raw4, raw8) = (bytes(rows * nb * 22), bytes(rows * nb * 40));
+        let b4: Vec<BlockQ4S24> = bytemuck::cast_slice(&raw4).to_vec();
+        let b8: Vec<BlockQ8S24> = bytemuck::cast_slice(&raw8).to_vec();
         let a = Q8Activations::quantize(&x, n, cols);
-        let deq = w.dequantize();
-        for pool_threads in [1usize, 2] {
-            let pool = microllm_kernels::pool::Pool::new(pool_threads);
-            for isa in Isa::available() {
-                let k = microllm_kernels::dispatch::Kernels::for_isa(isa).unwrap();
-                let mut got = vec![0.0f32; n * rows];
-                w.matmul_q8_with(k, &pool, &mut got, &a);
-                for t in 0..n {
-                    for r in 0..rows {
-                        let want = w.dot_row_q8(r, a.row(t)) as f64;
-                        let bound = 1e-5 * abs_dot(&deq[r * cols..(r + 1) * cols], &a.dequantize()[t * cols..(t + 1) * cols]) + 1e-30;
-                        let g = got[t * rows + r] as f64;
-                        prop_assert!((g - want).abs() <= bound, "{isa:?} row {r} token {t}: {g} vs {want}");
+        for planes in [
+            Planes::Q4S24 { blocks: &b4, scales: &scales },
+            Planes::Q8S24 { blocks: &b8, scales: &scales },
+        ] {
+            let w = WeightsRef::new(rows, cols, planes).unwrap();
+            let deq = w.dequantize();
+            for pool_threads in [1usize, 2] {
+                let pool = microllm_kernels::pool::Pool::new(pool_threads);
+                for isa in Isa::available() {
+                    let k = microllm_kernels::dispatch::Kernels::for_isa(isa).unwrap();
+                    let mut got = vec![0.0f32; n * rows];
+                    w.matmul_q8_with(k, &pool, &mut got, &a);
+                    for t in 0..n {
+                        for r in 0..rows {
+                            let want = w.dot_row_q8(r, a.row(t)) as f64;
+                            let bound = 1e-5 * abs_dot(&deq[r * cols..(r + 1) * cols], &a.dequantize()[t * cols..(t + 1) * cols]) + 1e-30;
+                            let g = got[t * rows + r] as f64;
+                            prop_assert!((g - want).abs() <= bound, "{} {isa:?} row {r} token {t}: {g} vs {want}", w.ty());
+                        }
                     }
                 }
             }

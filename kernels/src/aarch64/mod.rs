@@ -25,6 +25,7 @@ pub(crate) static NEON: Kernels = Kernels {
     matmul_q4_q8: neon::matmul_q4_q8,
     matmul_q4m_q8: neon::matmul_q4m_q8,
     matmul_q4s24_q8: None,
+    matmul_q8s24_q8: None,
     prepare_q8: crate::dispatch::no_prepare_q8,
     matmul_f32: neon::matmul_f32,
     matmul_f32_cols: None,

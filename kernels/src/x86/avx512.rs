@@ -328,8 +328,8 @@ pub(crate) fn prepare_q8(w: &WeightsRef<'_>, x: &Q8Activations) {
         T::Q8 => Wt::Q8,
         T::Q4 => Wt::Q4,
         T::Q4m => Wt::Q4m,
-        T::Q4S24 if x.cols() == w.cols() => {
-            return crate::quant::sparse::x86::prepare_q4s24_q8(x);
+        T::Q4S24 | T::Q8S24 if x.cols() == w.cols() => {
+            return crate::quant::sparse::x86::prepare_s24_q8(x);
         }
         _ => return,
     };

@@ -163,6 +163,7 @@ pub static AVX2: Kernels = Kernels {
     matmul_q4_q8: avx2::matmul_q4_q8,
     matmul_q4m_q8: avx2::matmul_q4m_q8,
     matmul_q4s24_q8: None,
+    matmul_q8s24_q8: None,
     prepare_q8: crate::dispatch::no_prepare_q8,
     matmul_f32: avx2::matmul_f32_entry,
     matmul_f32_cols: None,
@@ -187,6 +188,7 @@ pub static AVX512: Kernels = Kernels {
     matmul_q4_q8: vnni::matmul_q4_q8,
     matmul_q4m_q8: avx512::matmul_q4m_q8,
     matmul_q4s24_q8: Some(crate::quant::sparse::x86::matmul_q4s24_q8),
+    matmul_q8s24_q8: Some(crate::quant::sparse::x86::matmul_q8s24_q8),
     prepare_q8: avx512::prepare_q8,
     matmul_f32: vnni::matmul_f32_entry,
     matmul_f32_cols: Some(crate::dispatch::ColsKernel {
@@ -208,10 +210,11 @@ pub static AVX512: Kernels = Kernels {
     silu_mul: avx512::silu_mul,
 };
 
-/// The AVX-512 tier on a CPU without VBMI: 2:4 sparse `q4s24` takes f32
+/// The AVX-512 tier on a CPU without VBMI: 2:4 sparse weights take f32
 /// activations.
 pub static AVX512_NO_VBMI: Kernels = Kernels {
     matmul_q4s24_q8: None,
+    matmul_q8s24_q8: None,
     ..AVX512
 };
 
@@ -232,6 +235,7 @@ pub static AMX: Kernels = Kernels {
 /// The AMX tier on a CPU without VBMI (none is known; for completeness).
 pub static AMX_NO_VBMI: Kernels = Kernels {
     matmul_q4s24_q8: None,
+    matmul_q8s24_q8: None,
     ..AMX
 };
 

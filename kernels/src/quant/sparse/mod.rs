@@ -46,10 +46,12 @@
 //! - [`dot_q8_q4s24`] / [`dot_q8_q8s24`]: int8 activations ([`Q8Row`]);
 //!   kept values 0..15 use activation block `2b`, 16..31 block `2b + 1`,
 //!   so each half is an exact i32 sum scaled by its activation block. The
-//!   scalar references; `q4s24` has a SIMD matrix kernel on AVX-512 with
-//!   VBMI and GFNI (`x86::matmul_q4s24_q8_avx512`, the table entry
-//!   `Kernels::matmul_q4s24_q8`), which decodes the 3-bit codes and
-//!   gathers 64 activations per step in registers.
+//!   scalar references; both types have a SIMD matrix kernel on AVX-512
+//!   with VBMI and GFNI (`x86::matmul_q4s24_q8_avx512` and
+//!   `x86::matmul_q8s24_q8_avx512`, the table entries
+//!   `Kernels::matmul_q4s24_q8` and `Kernels::matmul_q8s24_q8`), which
+//!   decode the codes or positions and gather 64 activations per step in
+//!   registers.
 
 use super::{q4, q8, sum8, BlockQ4, BlockQ8, Q8Row, QuantError, QK};
 pub use crate::dispatch::Isa;

@@ -214,6 +214,13 @@ pub unsafe fn dot_q8s24_avx512(blocks: &[BlockQ8S24], scales: &[f16], x: &[f32])
 // nibbles' offset 8 is removed with a second `vpdpbusd` of 8 × the same
 // activations, and each lane, which lies in one activation block of 32,
 // is scaled by its `d_w · d_a`.
+//
+// `q8s24` runs through the same step loop with the same lane order: one
+// `vpermi2b` of the two blocks' 80 bytes places their quants, the 2-bit
+// positions need no table (`vpmultishiftqb`, then one ternary-logic op
+// masks them and adds `64·block + 4·group`), and the signed quants are
+// multiplied by the activations as unsigned bytes `a + 128` (kept beside
+// them), whose offset `128·Σq` a second `vpdpbusd` removes.
 // ---------------------------------------------------------------------------
 
 use crate::quant::{Planes, Q8Activations, WeightsRef, QK};
@@ -222,12 +229,15 @@ use std::ops::Range;
 /// The layout-cache slot of [`PrepS24`] (the dense 512-bit kernels use 0-2).
 const S24_SLOT: usize = 3;
 
-/// Activations laid out for [`matmul_q4s24_q8_avx512`]: per token and per
+/// Activations laid out for the 2:4 int8 kernels: per token and per
 /// step of 128 inputs, the 128 int8 values (zero past the row's end) and
 /// the lane scales `[d_a(4s)×4, d_a(4s+2)×4, d_a(4s+1)×4, d_a(4s+3)×4]`
 /// (lanes 4..7 are the second block's first half).
 struct PrepS24 {
     q: Vec<[__m512i; 2]>,
+    /// `q` as unsigned bytes, `a + 128` (`q8s24`'s kernel multiplies the
+    /// signed weights by them).
+    qu: Vec<[__m512i; 2]>,
     d: Vec<__m512>,
     /// Steps per row.
     ns: usize,
@@ -238,6 +248,7 @@ unsafe fn prep_s24(x: &Q8Activations) -> PrepS24 {
     let nb = x.cols() / QK;
     let ns = nb.div_ceil(4);
     let mut q = Vec::with_capacity(x.n() * ns);
+    let mut qu = Vec::with_capacity(x.n() * ns);
     let mut d = Vec::with_capacity(x.n() * ns);
     for t in 0..x.n() {
         let row = x.row(t);
@@ -252,29 +263,82 @@ unsafe fn prep_s24(x: &Q8Activations) -> PrepS24 {
                 }
             }
             // SAFETY: 64-byte reads from a 128-byte array, 16 floats from 16.
-            q.push([
+            let v = [
                 _mm512_loadu_si512(bytes.as_ptr() as *const _),
                 _mm512_loadu_si512(bytes.as_ptr().add(64) as *const _),
-            ]);
+            ];
+            let bias = _mm512_set1_epi8(-128);
+            q.push(v);
+            qu.push(v.map(|h| _mm512_xor_si512(h, bias)));
             d.push(_mm512_loadu_ps(dv.as_ptr()));
         }
     }
-    PrepS24 { q, d, ns }
+    PrepS24 { q, qu, d, ns }
 }
 
-/// The layout of `x` for the `q4s24` int8 kernel, built before a matrix's
+/// The layout of `x` for the 2:4 int8 kernels, built before a matrix's
 /// tasks start ([`crate::dispatch::Kernels::prepare_q8`]).
-pub(crate) fn prepare_q4s24_q8(x: &Q8Activations) {
+pub(crate) fn prepare_s24_q8(x: &Q8Activations) {
     if crate::x86::avx512_vbmi_available() {
         // SAFETY: AVX-512 F/BW checked just above.
         x.layout(S24_SLOT, || unsafe { prep_s24(x) });
     }
 }
 
-/// The constant registers of the kernel, by output byte `j`: half
-/// `h = j / 32`, block `b = (j / 16) % 2`, kept value `k = 16h + j % 16`
-/// of that block, in group `k / 2`.
-struct S24Consts {
+/// A 2:4 block type as the step loop of [`s24_rows`] takes it.
+trait S24Kind {
+    type Block;
+    /// The kernel's constant registers.
+    type Consts;
+    unsafe fn consts() -> Self::Consts;
+    /// The prepared activations this kind multiplies: per step, 128 bytes.
+    fn acts(p: &PrepS24) -> &[[__m512i; 2]];
+    /// The exact integer sums `Σ w·a` of one step's activations `a`
+    /// (from [`S24Kind::acts`]) against blocks `blk`, `blk + 1` (only `blk`
+    /// when `two` is false), in the 16 lanes of [`PrepS24`]'s order.
+    unsafe fn step(
+        k: &Self::Consts,
+        blk: *const Self::Block,
+        two: bool,
+        a: &[__m512i; 2],
+    ) -> __m512i;
+    /// The blocks and scales planes of `w`, when it has this type.
+    fn planes(w: &WeightsRef<'_>) -> Option<(*const Self::Block, *const u16)>;
+}
+
+/// Output byte `j` of a step register: half `h = j / 32`, block
+/// `b = (j / 16) % 2`, kept value `k = 16h + j % 16` of that block, in
+/// group `k / 2`; and that kept value's input base `64·b + 4·group`.
+fn lane_byte(j: usize) -> (usize, usize, usize, u8) {
+    let (h, b, i) = (j / 32, (j / 16) % 2, j % 16);
+    let k = 16 * h + i;
+    (h, b, k, (64 * b + 4 * (k / 2)) as u8)
+}
+
+#[inline(always)]
+unsafe fn ld64(a: &[u8; 64]) -> __m512i {
+    _mm512_loadu_si512(a.as_ptr() as *const _)
+}
+
+/// Block `blk`'s 8 bytes at `at` in qwords 0, 1, 4, 5 and block `blk + 1`'s
+/// (`stride` bytes on) in 2, 3, 6, 7: the qwords that the output bytes of
+/// each block read in `vpmultishiftqb`.
+#[inline(always)]
+unsafe fn fields(b0: *const u8, at: usize, stride: usize, two: bool) -> __m512i {
+    let f = _mm512_set1_epi64((b0.add(at) as *const i64).read_unaligned());
+    if two {
+        let f1 = (b0.add(stride + at) as *const i64).read_unaligned();
+        _mm512_mask_set1_epi64(f, 0xCC, f1)
+    } else {
+        f
+    }
+}
+
+/// `q4s24`: 3-bit pair codes and nibbles.
+struct Q4S24Kind;
+
+/// The constant registers of the `q4s24` step.
+struct Q4S24Consts {
     /// `vpermb` of the two blocks' 44 bytes to [b0 qs, b1 qs, b0 qs, b1 qs].
     nib: __m512i,
     /// `vgf2p8affineqb` matrices: bits 0-3 of a byte (qwords 0-3), bits
@@ -290,70 +354,167 @@ struct S24Consts {
     pos: __m512i,
 }
 
-#[inline(always)]
-unsafe fn s24_consts() -> S24Consts {
-    let (mut nib, mut shift, mut parity, mut base, mut pos) =
-        ([0u8; 64], [0u8; 64], [0u8; 64], [0u8; 64], [0u8; 64]);
-    for j in 0..64 {
-        let (h, b, i) = (j / 32, (j / 16) % 2, j % 16);
-        let g = (16 * h + i) / 2;
-        nib[j] = (22 * b + 6 + i) as u8;
-        shift[j] = ((3 * g + 63) % 64) as u8;
-        parity[j] = (i % 2) as u8;
-        base[j] = (64 * b + 4 * g) as u8;
+impl S24Kind for Q4S24Kind {
+    type Block = BlockQ4S24;
+    type Consts = Q4S24Consts;
+
+    #[inline(always)]
+    unsafe fn consts() -> Q4S24Consts {
+        let (mut nib, mut shift, mut parity, mut base, mut pos) =
+            ([0u8; 64], [0u8; 64], [0u8; 64], [0u8; 64], [0u8; 64]);
+        for j in 0..64 {
+            let (_, b, k, at) = lane_byte(j);
+            nib[j] = (22 * b + 6 + j % 16) as u8;
+            shift[j] = ((3 * (k / 2) + 63) % 64) as u8;
+            parity[j] = (k % 2) as u8;
+            base[j] = at;
+        }
+        for (c, &(p0, p1)) in super::PAIRS.iter().enumerate() {
+            pos[2 * c] = p0;
+            pos[2 * c + 1] = p1;
+        }
+        Q4S24Consts {
+            nib: ld64(&nib),
+            nibbles: {
+                let (lo, hi) = (0x0102_0408_0000_0000i64, 0x1020_4080_0000_0000i64);
+                _mm512_setr_epi64(lo, lo, lo, lo, hi, hi, hi, hi)
+            },
+            shift: ld64(&shift),
+            parity: ld64(&parity),
+            base: ld64(&base),
+            pos: ld64(&pos),
+        }
     }
-    for (c, &(p0, p1)) in super::PAIRS.iter().enumerate() {
-        pos[2 * c] = p0;
-        pos[2 * c + 1] = p1;
+
+    fn acts(p: &PrepS24) -> &[[__m512i; 2]] {
+        &p.q
     }
-    let ld = |a: &[u8; 64]| _mm512_loadu_si512(a.as_ptr() as *const _);
-    S24Consts {
-        nib: ld(&nib),
-        nibbles: {
-            let (lo, hi) = (0x0102_0408_0000_0000i64, 0x1020_4080_0000_0000i64);
-            _mm512_setr_epi64(lo, lo, lo, lo, hi, hi, hi, hi)
-        },
-        shift: ld(&shift),
-        parity: ld(&parity),
-        base: ld(&base),
-        pos: ld(&pos),
+
+    /// `Σ (n − 8)·a`.
+    #[inline(always)]
+    unsafe fn step(
+        k: &Q4S24Consts,
+        blk: *const BlockQ4S24,
+        two: bool,
+        a: &[__m512i; 2],
+    ) -> __m512i {
+        let b0 = blk as *const u8;
+        // The two blocks' bytes (44, or 22 for a lone last block: never past it).
+        let len: u64 = if two { (1 << 44) - 1 } else { (1 << 22) - 1 };
+        let raw = _mm512_maskz_loadu_epi8(len, b0 as *const i8);
+        let qs = _mm512_permutexvar_epi8(k.nib, raw);
+        // Low nibbles in lanes 0-1, high ones in 2-3: one bit-matrix op.
+        let w = _mm512_gf2p8affine_epi64_epi8::<0>(qs, k.nibbles);
+        // Each code field read as 8 bytes from its block's start (inside
+        // the 22-byte block).
+        let t = _mm512_multishift_epi64_epi8(k.shift, fields(b0, 0, 22, two));
+        // (t & 0b1110) | parity
+        let u = _mm512_ternarylogic_epi32::<0xEA>(t, _mm512_set1_epi8(0x0E), k.parity);
+        let idx = _mm512_add_epi8(_mm512_permutexvar_epi8(u, k.pos), k.base);
+        let x = _mm512_permutex2var_epi8(a[0], idx, a[1]);
+        let z = _mm512_setzero_si512();
+        let wx = _mm512_dpbusd_epi32(z, w, x);
+        let ex = _mm512_dpbusd_epi32(z, _mm512_set1_epi8(8), x);
+        _mm512_sub_epi32(wx, ex)
+    }
+
+    fn planes(w: &WeightsRef<'_>) -> Option<(*const BlockQ4S24, *const u16)> {
+        match w.planes() {
+            Planes::Q4S24 { blocks, scales } => {
+                Some((blocks.as_ptr(), scales.as_ptr() as *const u16))
+            }
+            _ => None,
+        }
     }
 }
 
-/// The exact integer sums `Σ (n − 8)·a` of one step (blocks `blk`,
-/// `blk + 1`; only `blk` when `two` is false) in the 16 lanes.
-#[inline(always)]
-unsafe fn s24_step(k: &S24Consts, blk: *const BlockQ4S24, two: bool, a: &[__m512i; 2]) -> __m512i {
-    let b0 = blk as *const u8;
-    // The two blocks' bytes (44, or 22 for a lone last block: never past it).
-    let len: u64 = if two { (1 << 44) - 1 } else { (1 << 22) - 1 };
-    let raw = _mm512_maskz_loadu_epi8(len, b0 as *const i8);
-    let qs = _mm512_permutexvar_epi8(k.nib, raw);
-    // Low nibbles in lanes 0-1, high ones in 2-3: one bit-matrix op.
-    let w = _mm512_gf2p8affine_epi64_epi8::<0>(qs, k.nibbles);
-    // Codes: b0's field in qwords 0, 1, 4, 5 and b1's in 2, 3, 6, 7, each
-    // read as 8 bytes from its block's start (inside the 22-byte block).
-    let mut codes = _mm512_set1_epi64((b0 as *const i64).read_unaligned());
-    if two {
-        let b1 = blk.add(1) as *const i64;
-        codes = _mm512_mask_set1_epi64(codes, 0xCC, b1.read_unaligned());
-    }
-    let t = _mm512_multishift_epi64_epi8(k.shift, codes);
-    // (t & 0b1110) | parity
-    let u = _mm512_ternarylogic_epi32::<0xEA>(t, _mm512_set1_epi8(0x0E), k.parity);
-    let idx = _mm512_add_epi8(_mm512_permutexvar_epi8(u, k.pos), k.base);
-    let x = _mm512_permutex2var_epi8(a[0], idx, a[1]);
-    let z = _mm512_setzero_si512();
-    let wx = _mm512_dpbusd_epi32(z, w, x);
-    let ex = _mm512_dpbusd_epi32(z, _mm512_set1_epi8(8), x);
-    _mm512_sub_epi32(wx, ex)
+/// `q8s24`: int8 quants and 2-bit positions.
+struct Q8S24Kind;
+
+/// The constant registers of the `q8s24` step.
+struct Q8S24Consts {
+    /// `vpermi2b` of the two blocks' 80 bytes to [b0 qs 0..15, b1 qs
+    /// 0..15, b0 qs 16..31, b1 qs 16..31].
+    quants: __m512i,
+    /// `vpmultishiftqb` control: byte `j` reads from bit `2k`.
+    shift: __m512i,
+    /// `64·b + 4·group`.
+    base: __m512i,
 }
 
-/// Rows `r..r + R` of a `q4s24` matrix against token `t`.
+impl S24Kind for Q8S24Kind {
+    type Block = BlockQ8S24;
+    type Consts = Q8S24Consts;
+
+    #[inline(always)]
+    unsafe fn consts() -> Q8S24Consts {
+        let (mut quants, mut shift, mut base) = ([0u8; 64], [0u8; 64], [0u8; 64]);
+        for j in 0..64 {
+            let (_, b, k, at) = lane_byte(j);
+            quants[j] = (40 * b + k) as u8;
+            shift[j] = (2 * k) as u8;
+            base[j] = at;
+        }
+        Q8S24Consts {
+            quants: ld64(&quants),
+            shift: ld64(&shift),
+            base: ld64(&base),
+        }
+    }
+
+    fn acts(p: &PrepS24) -> &[[__m512i; 2]] {
+        &p.qu
+    }
+
+    /// `Σ q·a`, as `Σ q·(a + 128) − 128·Σ q`.
+    #[inline(always)]
+    unsafe fn step(
+        k: &Q8S24Consts,
+        blk: *const BlockQ8S24,
+        two: bool,
+        a: &[__m512i; 2],
+    ) -> __m512i {
+        let b0 = blk as *const u8;
+        // Bytes 0..64 and 64..80 of the two 40-byte blocks, or the first
+        // block's 32 quants alone: never past the last block.
+        let (lo, hi) = if two {
+            (
+                _mm512_loadu_si512(b0 as *const _),
+                _mm512_maskz_loadu_epi8(0xFFFF, b0.add(64) as *const i8),
+            )
+        } else {
+            (
+                _mm512_maskz_loadu_epi8(0xFFFF_FFFF, b0 as *const i8),
+                _mm512_setzero_si512(),
+            )
+        };
+        let w = _mm512_permutex2var_epi8(lo, k.quants, hi);
+        // Positions at bytes 32..40 of each block.
+        let t = _mm512_multishift_epi64_epi8(k.shift, fields(b0, 32, 40, two));
+        // (t & 3) | base
+        let idx = _mm512_ternarylogic_epi32::<0xEA>(t, _mm512_set1_epi8(3), k.base);
+        let x = _mm512_permutex2var_epi8(a[0], idx, a[1]);
+        let z = _mm512_setzero_si512();
+        let wx = _mm512_dpbusd_epi32(z, x, w);
+        let off = _mm512_dpbusd_epi32(z, _mm512_set1_epi8(-128), w);
+        _mm512_sub_epi32(wx, off)
+    }
+
+    fn planes(w: &WeightsRef<'_>) -> Option<(*const BlockQ8S24, *const u16)> {
+        match w.planes() {
+            Planes::Q8S24 { blocks, scales } => {
+                Some((blocks.as_ptr(), scales.as_ptr() as *const u16))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Rows `r..r + R` of a 2:4 matrix against token `t`.
 #[inline(always)]
-unsafe fn s24_rows<const R: usize>(
-    k: &S24Consts,
-    blocks: *const BlockQ4S24,
+unsafe fn s24_rows<K: S24Kind, const R: usize>(
+    k: &K::Consts,
+    blocks: *const K::Block,
     scales: *const u16,
     nb: usize,
     p: &PrepS24,
@@ -375,12 +536,12 @@ unsafe fn s24_rows<const R: usize>(
             _mm512_storeu_ps(w.as_mut_ptr(), _mm512_cvtph_ps(h));
         }
         for s in 0..count.div_ceil(2) {
-            let step = 8 * g + s;
-            let a = p.q.get_unchecked(t * p.ns + step);
-            let da = *p.d.get_unchecked(t * p.ns + step);
+            let step = t * p.ns + 8 * g + s;
+            let a = K::acts(p).get_unchecked(step);
+            let da = *p.d.get_unchecked(step);
             let two = b0 + 2 * s + 1 < nb;
             for i in 0..R {
-                let isum = s24_step(k, blocks.add((r + i) * nb + b0 + 2 * s), two, a);
+                let isum = K::step(k, blocks.add((r + i) * nb + b0 + 2 * s), two, a);
                 // d_w of b0 in lanes 0-3 and 8-11, of b1 in 4-7 and 12-15.
                 let dw = _mm512_mask_mov_ps(
                     _mm512_set1_ps(ws[i][2 * s]),
@@ -395,20 +556,20 @@ unsafe fn s24_rows<const R: usize>(
     std::array::from_fn(|i| _mm512_reduce_add_ps(acc[i]))
 }
 
-/// `q4s24` weights × int8 activations, rows `rows` of `w` against every
-/// token of `x` (`out (rows, n)`), as [`crate::dispatch::MatmulQ8Fn`].
+/// 2:4 weights of kind `K` × int8 activations, rows `rows` of `w` against
+/// every token of `x` (`out (rows, n)`).
 ///
 /// # Safety
 /// The CPU must have AVX-512 F, BW, VL, VNNI, VBMI and GFNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,gfni")]
-pub unsafe fn matmul_q4s24_q8_avx512(
+unsafe fn matmul_s24_q8_avx512<K: S24Kind>(
     w: &WeightsRef<'_>,
     rows: Range<usize>,
     x: &Q8Activations,
     out: &mut [f32],
 ) {
-    let Planes::Q4S24 { blocks, scales } = w.planes() else {
-        panic!("matmul_q8: the q4s24 kernel got {} weights", w.ty());
+    let Some((bp, sp)) = K::planes(w) else {
+        panic!("matmul_q8: a 2:4 kernel got {} weights", w.ty());
     };
     let n = x.n();
     let nb = w.cols() / super::SK;
@@ -424,20 +585,19 @@ pub unsafe fn matmul_q4s24_q8_avx512(
     // `r·nb + 2s` and, when it is in the row, `+ 1`, of rows below
     // `rows.end`; `p` holds `n · ceil(nb / 2)` steps.
     let p = x.layout(S24_SLOT, || prep_s24(x));
-    let k = s24_consts();
-    let (bp, sp) = (blocks.as_ptr(), scales.as_ptr() as *const u16);
+    let k = K::consts();
     for t in 0..n {
         let mut i = 0;
         while i + S24_ROWS <= rows.len() {
             prefetch_rows(w, sp, nb, rows.start + i);
-            let res = s24_rows::<S24_ROWS>(&k, bp, sp, nb, p, rows.start + i, t);
+            let res = s24_rows::<K, S24_ROWS>(&k, bp, sp, nb, p, rows.start + i, t);
             for (j, v) in res.into_iter().enumerate() {
                 out[(i + j) * n + t] = v;
             }
             i += S24_ROWS;
         }
         while i < rows.len() {
-            out[i * n + t] = s24_rows::<1>(&k, bp, sp, nb, p, rows.start + i, t)[0];
+            out[i * n + t] = s24_rows::<K, 1>(&k, bp, sp, nb, p, rows.start + i, t)[0];
             i += 1;
         }
     }
@@ -450,7 +610,7 @@ fn prefetch_rows(w: &WeightsRef<'_>, sp: *const u16, nb: usize, r: usize) {
     use crate::x86::{prefetch, PREFETCH_AHEAD};
     let (b, brow) = w.value_rows();
     prefetch(b.wrapping_add(r * brow), S24_ROWS * brow, PREFETCH_AHEAD);
-    // The scales plane moves 2 bytes per 22 of blocks.
+    // The scales plane moves 2 bytes per 22 (or 40) of blocks.
     let srow = 2 * nb;
     prefetch(
         sp.wrapping_add(r * nb) as *const u8,
@@ -461,6 +621,32 @@ fn prefetch_rows(w: &WeightsRef<'_>, sp: *const u16, nb: usize, r: usize) {
 
 /// Rows per call of [`s24_rows`]: they share the activation loads.
 const S24_ROWS: usize = 4;
+
+/// `q4s24` weights × int8 activations, as [`crate::dispatch::MatmulQ8Fn`].
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW, VL, VNNI, VBMI and GFNI.
+pub unsafe fn matmul_q4s24_q8_avx512(
+    w: &WeightsRef<'_>,
+    rows: Range<usize>,
+    x: &Q8Activations,
+    out: &mut [f32],
+) {
+    matmul_s24_q8_avx512::<Q4S24Kind>(w, rows, x, out)
+}
+
+/// `q8s24` weights × int8 activations, as [`crate::dispatch::MatmulQ8Fn`].
+///
+/// # Safety
+/// As [`matmul_q4s24_q8_avx512`].
+pub unsafe fn matmul_q8s24_q8_avx512(
+    w: &WeightsRef<'_>,
+    rows: Range<usize>,
+    x: &Q8Activations,
+    out: &mut [f32],
+) {
+    matmul_s24_q8_avx512::<Q8S24Kind>(w, rows, x, out)
+}
 
 /// The table entry: [`matmul_q4s24_q8_avx512`] behind the safe signature.
 pub(crate) fn matmul_q4s24_q8(
@@ -473,4 +659,15 @@ pub(crate) fn matmul_q4s24_q8(
     // `crate::dispatch` hands out when `avx512_vbmi_available()` (VBMI and
     // GFNI).
     unsafe { matmul_q4s24_q8_avx512(w, rows, x, out) }
+}
+
+/// The table entry: [`matmul_q8s24_q8_avx512`] behind the safe signature.
+pub(crate) fn matmul_q8s24_q8(
+    w: &WeightsRef<'_>,
+    rows: Range<usize>,
+    x: &Q8Activations,
+    out: &mut [f32],
+) {
+    // SAFETY: as `matmul_q4s24_q8`.
+    unsafe { matmul_q8s24_q8_avx512(w, rows, x, out) }
 }
