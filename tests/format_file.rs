@@ -6,7 +6,7 @@
 use microllm::config::ModelConfig;
 use microllm::format::{
     encode_tokenizer_parts, expected_tensors, Metadata, MllmFile, MllmWriter, Provenance, Recipe,
-    Role, SourceFile, TensorType, TokenizerInfo, TokenizerKind, ALIGN, HEADER_LEN,
+    Residency, Role, SourceFile, TensorType, TokenizerInfo, TokenizerKind, ALIGN, HEADER_LEN,
 };
 use microllm::source::GenerationDefaults;
 use microllm::tokenizer::TokenizerParts;
@@ -237,8 +237,9 @@ fn write_then_open_round_trips_with_zero_copy_aligned_views() {
     let on_disk = std::fs::read(&path).unwrap();
     assert_eq!(on_disk, w.to_bytes().unwrap());
 
-    let file = MllmFile::open(&path).unwrap();
+    let file = MllmFile::open_with(&path, Residency::Mapped).unwrap();
     assert!(file.is_mapped());
+    assert_eq!(file.residency(), Some(Residency::Mapped));
     assert_eq!(file.version(), 2);
     assert_eq!(file.path(), path);
     assert_eq!(file.metadata(), &meta);
@@ -289,16 +290,28 @@ fn write_then_open_round_trips_with_zero_copy_aligned_views() {
     }
     assert!(file.tensor("model.nope").is_none());
 
-    // The same bytes parsed from memory: an aligned copy, same contents.
+    // The same bytes parsed from memory, and read into (huge) pages of
+    // their own: aligned copies, same contents.
     let mem = MllmFile::parse(&on_disk, &path).unwrap();
     assert!(!mem.is_mapped());
-    assert_eq!(mem.metadata(), file.metadata());
-    assert_eq!(mem.tensors(), file.tensors());
-    for t in mem.tensors() {
-        let v = mem.tensor(&t.name).unwrap();
-        assert_eq!(v.bytes.as_ptr() as usize % 64, 0);
-        assert_eq!(v.bytes, file.tensor(&t.name).unwrap().bytes);
+    assert_eq!(mem.residency(), None);
+    let huge = MllmFile::open_with(&path, Residency::HugePages).unwrap();
+    assert!(!huge.is_mapped());
+    assert_eq!(huge.residency(), Some(Residency::HugePages));
+    assert_eq!(huge.bytes(), &on_disk[..]);
+    for copy in [&mem, &huge] {
+        assert_eq!(copy.metadata(), file.metadata());
+        assert_eq!(copy.tensors(), file.tensors());
+        for t in copy.tensors() {
+            let v = copy.tensor(&t.name).unwrap();
+            assert_eq!(v.bytes.as_ptr() as usize % 64, 0);
+            assert_eq!(v.bytes, file.tensor(&t.name).unwrap().bytes);
+        }
     }
+    // Auto is one of the two, as this system offers.
+    let auto = MllmFile::open(&path).unwrap();
+    assert_eq!(auto.residency(), Some(Residency::Auto.resolve()));
+    assert_ne!(Residency::Auto.resolve(), Residency::Auto);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -17,8 +17,8 @@ mod common;
 use half::f16;
 use microllm::config::ModelConfig;
 use microllm::format::{
-    expected_tensors, Metadata, MllmFile, MllmWriter, Provenance, Recipe, Role, SourceFile,
-    TensorType, TokenizerInfo, TokenizerKind,
+    expected_tensors, Metadata, MllmFile, MllmWriter, Provenance, Recipe, Residency, Role,
+    SourceFile, TensorType, TokenizerInfo, TokenizerKind,
 };
 use microllm_kernels::quant::{baseline, BlockQ4, Planes, QuantizedWeights, WeightsRef, QK};
 use serde_json::Value;
@@ -295,11 +295,19 @@ fn smollm2_quantization_error_and_load_time() {
     let mut best = Duration::MAX;
     for _ in 0..5 {
         let t = Instant::now();
-        let f = MllmFile::open(&path).unwrap();
+        let f = MllmFile::open_with(&path, Residency::Mapped).unwrap();
         best = best.min(t.elapsed());
         assert_eq!(f.tensors().len(), expected.len());
         assert!(f.is_mapped());
     }
+    // Read into huge pages instead: a copy, the same bytes.
+    let t = Instant::now();
+    let copy = MllmFile::open_with(&path, Residency::HugePages).unwrap();
+    println!(
+        "read into huge pages in {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(copy.bytes(), &std::fs::read(&path).unwrap()[..]);
     println!(
         "{}: {:.1} MB, opened in {:.3} ms (best of 5, page cache)",
         path.display(),

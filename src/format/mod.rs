@@ -1,6 +1,7 @@
 //! The `.mllm` model file: one file with config, tokenizer, chat template,
-//! provenance and (quantized) tensors, opened by memory-mapping it and
-//! handing out slices of the map. The byte layout and the reasons for it
+//! provenance and (quantized) tensors, opened by memory-mapping it (or,
+//! where the system offers huge pages, reading it into them: [`Residency`])
+//! and handing out slices of it. The byte layout and the reasons for it
 //! are in `docs/format.md`.
 //!
 //! ```no_run
@@ -26,7 +27,7 @@ pub use metadata::{
     TokenizerKind,
 };
 pub use microllm_kernels::quant::TensorType;
-pub use reader::{MllmFile, TensorView};
+pub use reader::{default_residency, set_default_residency, MllmFile, Residency, TensorView};
 pub use writer::MllmWriter;
 
 /// The first four bytes of every `.mllm` file.

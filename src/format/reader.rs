@@ -22,9 +22,127 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Line([u8; 64]);
 
+/// How [`MllmFile::open`] brings a file's bytes into memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Residency {
+    /// [`Residency::HugePages`] where the operating system offers
+    /// transparent huge pages (Linux with them set to `always` or
+    /// `madvise`), [`Residency::Mapped`] elsewhere.
+    #[default]
+    Auto,
+    /// The file mapped read-only and used in place: nothing is copied, and
+    /// the pages are the page cache's, which the system can drop and read
+    /// again under memory pressure.
+    Mapped,
+    /// The file read once into private anonymous memory that the kernel is
+    /// asked to back with 2 MiB pages. Decode reads every weight once per
+    /// token: in 4 KiB pages a 100 MB model spans 25,000 of them, far more
+    /// than the TLB holds, and the page walks cost decode 8–35% of its speed
+    /// on the machine of `docs/performance.md`. The cost is one copy at
+    /// load, and memory that only swap can reclaim.
+    HugePages,
+}
+
+impl Residency {
+    /// What [`Residency::Auto`] stands for on this system; other values as
+    /// they are.
+    pub fn resolve(self) -> Residency {
+        match self {
+            Residency::Auto if huge_pages_offered() => Residency::HugePages,
+            Residency::Auto => Residency::Mapped,
+            r => r,
+        }
+    }
+
+    /// How a report names it ("huge pages", "file map", "auto").
+    pub fn name(self) -> &'static str {
+        match self {
+            Residency::Auto => "auto",
+            Residency::Mapped => "file map",
+            Residency::HugePages => "huge pages",
+        }
+    }
+}
+
+/// Whether this system gives anonymous memory transparent huge pages on
+/// request.
+fn huge_pages_offered() -> bool {
+    cfg!(target_os = "linux")
+        && std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .is_ok_and(|s| thp_setting_offers(&s))
+}
+
+/// Whether a `transparent_hugepage/enabled` setting ("always [madvise]
+/// never": the selected one in brackets) grants huge pages to memory that
+/// asks for them.
+pub(crate) fn thp_setting_offers(setting: &str) -> bool {
+    setting
+        .split_whitespace()
+        .any(|w| w == "[always]" || w == "[madvise]")
+}
+
+/// The default of [`MllmFile::open`]: a [`Residency`] as its index.
+static DEFAULT_RESIDENCY: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Sets how [`MllmFile::open`] (and so [`crate::Model::load`]) brings
+/// `.mllm` files into memory from now on; [`Residency::Auto`] unless set.
+pub fn set_default_residency(r: Residency) {
+    let i = match r {
+        Residency::Auto => 0,
+        Residency::Mapped => 1,
+        Residency::HugePages => 2,
+    };
+    DEFAULT_RESIDENCY.store(i, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// What [`set_default_residency`] last set.
+pub fn default_residency() -> Residency {
+    match DEFAULT_RESIDENCY.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => Residency::Mapped,
+        2 => Residency::HugePages,
+        _ => Residency::Auto,
+    }
+}
+
+/// `file` read into anonymous memory asked for huge pages.
+fn read_into_huge_pages(file: &std::fs::File, path: &Path) -> Result<Mmap> {
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let len = usize::try_from(len)
+        .map_err(|_| Error::format(path, "the file does not fit in this platform's memory"))?;
+    let mut anon = memmap2::MmapMut::map_anon(len).map_err(|e| Error::io(path, e))?;
+    // A hint: where it is refused, the copy is made in small pages.
+    #[cfg(target_os = "linux")]
+    let _ = anon.advise(memmap2::Advice::HugePage);
+    // Faulting the pages in (zeroing them) costs as much as the copy:
+    // pieces of 2 MiB multiples are read on every core.
+    #[cfg(unix)]
+    {
+        use rayon::prelude::*;
+        use std::os::unix::fs::FileExt;
+        const PIECE: usize = 8 << 20;
+        anon.par_chunks_mut(PIECE)
+            .enumerate()
+            .try_for_each(|(i, piece)| file.read_exact_at(piece, (i * PIECE) as u64))
+            .map_err(|e| Error::io(path, e))?;
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::Read;
+        let mut reader: &std::fs::File = file;
+        reader
+            .read_exact(&mut anon)
+            .map_err(|e| Error::io(path, e))?;
+    }
+    anon.make_read_only().map_err(|e| Error::io(path, e))
+}
+
 /// The bytes of an open file.
 enum Backing {
+    /// A read-only map of the file.
     Mapped(Mmap),
+    /// A read-only map of private anonymous memory holding a copy of the
+    /// file ([`Residency::HugePages`]).
+    HugePages(Mmap),
     /// A 64-aligned copy (from [`MllmFile::parse`]) and its length.
     Owned(Vec<Line>, usize),
 }
@@ -32,7 +150,7 @@ enum Backing {
 impl Backing {
     fn bytes(&self) -> &[u8] {
         match self {
-            Backing::Mapped(m) => m,
+            Backing::Mapped(m) | Backing::HugePages(m) => m,
             Backing::Owned(v, len) => &bytemuck::cast_slice::<Line, u8>(v)[..*len],
         }
     }
@@ -79,19 +197,32 @@ impl<'a> TensorView<'a> {
 }
 
 impl MllmFile {
-    /// Maps `path` and validates it completely.
+    /// Opens `path` as [`default_residency`] says and validates it
+    /// completely.
     pub fn open(path: impl AsRef<Path>) -> Result<MllmFile> {
+        MllmFile::open_with(path, default_residency())
+    }
+
+    /// Opens `path`, its bytes mapped in place or read into huge pages
+    /// ([`Residency`]), and validates it completely.
+    pub fn open_with(path: impl AsRef<Path>, residency: Residency) -> Result<MllmFile> {
         let path = path.as_ref();
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: the map is only ever read. The usual mmap caveat holds: a
-        // process that truncates or rewrites the file while it is mapped
-        // can make reads fault or change under us. `MllmWriter` never
-        // rewrites a file in place (it renames a new one over it), and the
-        // same contract is what every mmap-based model loader accepts.
-        // Exercised by the tests in tests/format_file.rs.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let parsed = parse_bytes(&map, path)?;
-        Ok(parsed.into_file(path, Backing::Mapped(map)))
+        let residency = residency.resolve();
+        let backing = if residency == Residency::HugePages {
+            Backing::HugePages(read_into_huge_pages(&file, path)?)
+        } else {
+            // SAFETY: the map is only ever read. The usual mmap caveat
+            // holds: a process that truncates or rewrites the file while it
+            // is mapped can make reads fault or change under us.
+            // `MllmWriter` never rewrites a file in place (it renames a new
+            // one over it), and the same contract is what every mmap-based
+            // model loader accepts. Exercised by the tests in
+            // tests/format_file.rs.
+            Backing::Mapped(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?)
+        };
+        let parsed = parse_bytes(backing.bytes(), path)?;
+        Ok(parsed.into_file(path, backing))
     }
 
     /// Validates a file held in memory (tests, fuzzing, embedded models);
@@ -116,9 +247,20 @@ impl MllmFile {
         self.version
     }
 
-    /// True when the bytes are a memory map (not a copy).
+    /// True when the bytes are a memory map of the file itself (not a
+    /// copy).
     pub fn is_mapped(&self) -> bool {
         matches!(self.backing, Backing::Mapped(_))
+    }
+
+    /// Where an opened file's bytes live ([`Residency::Mapped`] or
+    /// [`Residency::HugePages`]); `None` for one parsed from bytes.
+    pub fn residency(&self) -> Option<Residency> {
+        match self.backing {
+            Backing::Mapped(_) => Some(Residency::Mapped),
+            Backing::HugePages(_) => Some(Residency::HugePages),
+            Backing::Owned(..) => None,
+        }
     }
 
     /// The whole file.
@@ -537,4 +679,33 @@ fn read_table(
         }
     }
     Ok(tensors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{thp_setting_offers, Residency};
+
+    #[test]
+    fn huge_pages_are_offered_only_when_always_or_madvise_is_selected() {
+        assert!(thp_setting_offers("always [madvise] never\n"));
+        assert!(thp_setting_offers("[always] madvise never"));
+        assert!(!thp_setting_offers("always madvise [never]\n"));
+        assert!(!thp_setting_offers("madvise always never"));
+        assert!(!thp_setting_offers(""));
+        // Explicit choices stay as they are.
+        for r in [Residency::Mapped, Residency::HugePages] {
+            assert_eq!(r.resolve(), r);
+        }
+    }
+
+    #[test]
+    fn the_default_residency_is_what_was_set_last() {
+        assert_eq!(super::default_residency(), Residency::Auto);
+        super::set_default_residency(Residency::Mapped);
+        assert_eq!(super::default_residency(), Residency::Mapped);
+        super::set_default_residency(Residency::HugePages);
+        assert_eq!(super::default_residency(), Residency::HugePages);
+        super::set_default_residency(Residency::Auto);
+        assert_eq!(super::default_residency(), Residency::Auto);
+    }
 }

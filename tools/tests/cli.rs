@@ -191,6 +191,44 @@ fn convert_inspect_and_run_a_q8_mllm() {
     assert!(ok, "{err}");
     assert!(stdout.starts_with(" a fox named"), "{stdout:?}");
 
+    // The file used in place (--mmap) or read into memory of its own (the
+    // default where Linux offers huge pages): the same text; bench says
+    // which.
+    let text = case["text"].as_str().unwrap();
+    let run = [
+        "run",
+        out.to_str().unwrap(),
+        "-p",
+        text,
+        "-n",
+        "4",
+        "--ignore-eos",
+    ];
+    let (ok, mapped, err) = microllm(&[&["--mmap"][..], &run[..]].concat());
+    assert!(ok, "{err}");
+    assert_eq!(mapped, stdout);
+    let bench = [
+        "bench",
+        out.to_str().unwrap(),
+        "-p",
+        "0",
+        "-n",
+        "2",
+        "--reps",
+        "1",
+        "--json",
+    ];
+    for (flags, want) in [(&["--mmap"][..], Some("file map")), (&[][..], None)] {
+        let (ok, json, err) = microllm(&[flags, &bench[..]].concat());
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+        let got = v["weights_in"].as_str().unwrap();
+        match want {
+            Some(w) => assert_eq!(got, w),
+            None => assert!(["file map", "huge pages"].contains(&got), "{got}"),
+        }
+    }
+
     let (ok, _, err) = microllm(&[
         "convert",
         m.to_str().unwrap(),
