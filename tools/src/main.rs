@@ -362,11 +362,30 @@ struct BenchArgs {
 }
 
 fn main() {
+    quiet_when_stdout_closes();
     let cli = Cli::parse();
     if let Err(e) = run_cli(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `println!` panics when the reader of stdout has gone
+/// (`microllm inspect m | head`); stop quietly then, as `cat` does,
+/// instead of printing a panic.
+fn quiet_when_stdout_closes() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }
 
 fn run_cli(cli: Cli) -> Result<()> {

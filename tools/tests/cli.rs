@@ -27,6 +27,23 @@ fn golden(name: &str) -> serde_json::Value {
 }
 
 #[test]
+fn a_closed_stdout_stops_it_quietly() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_microllm"))
+        .args(["inspect", gguf().to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Go away before it prints, as `| head -0` does.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
 fn tokenize_prints_hf_ids_as_json() {
     let case = golden("chatml_chat");
     let m = gguf();
