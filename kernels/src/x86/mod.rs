@@ -155,6 +155,8 @@ impl<T: Clone + Default> Recycler<T> {
     }
 }
 
+use crate::quant::sparse::x86 as s24;
+
 /// The AVX2 tier.
 pub static AVX2: Kernels = Kernels {
     isa: Isa::Avx2,
@@ -187,8 +189,8 @@ pub static AVX512: Kernels = Kernels {
     matmul_q8_q8: vnni::matmul_q8_q8,
     matmul_q4_q8: vnni::matmul_q4_q8,
     matmul_q4m_q8: avx512::matmul_q4m_q8,
-    matmul_q4s24_q8: Some(crate::quant::sparse::x86::matmul_q4s24_q8),
-    matmul_q8s24_q8: Some(crate::quant::sparse::x86::matmul_q8s24_q8),
+    matmul_q4s24_q8: Some(s24::matmul_s24_q8::<s24::Q4S24Kind>),
+    matmul_q8s24_q8: Some(s24::matmul_s24_q8::<s24::Q8S24Kind>),
     prepare_q8: avx512::prepare_q8,
     matmul_f32: vnni::matmul_f32_entry,
     matmul_f32_cols: Some(crate::dispatch::ColsKernel {

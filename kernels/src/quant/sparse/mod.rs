@@ -47,9 +47,9 @@
 //!   kept values 0..15 use activation block `2b`, 16..31 block `2b + 1`,
 //!   so each half is an exact i32 sum scaled by its activation block. The
 //!   scalar references; both types have a SIMD matrix kernel on AVX-512
-//!   with VBMI and GFNI (`x86::matmul_q4s24_q8_avx512` and
-//!   `x86::matmul_q8s24_q8_avx512`, the table entries
-//!   `Kernels::matmul_q4s24_q8` and `Kernels::matmul_q8s24_q8`), which
+//!   with VBMI and GFNI (`x86::matmul_s24_q8`, one step loop for both,
+//!   the table entries `Kernels::matmul_q4s24_q8` and
+//!   `Kernels::matmul_q8s24_q8`), which
 //!   decode the codes or positions and gather 64 activations per step in
 //!   registers.
 

@@ -233,7 +233,7 @@ const S24_SLOT: usize = 3;
 /// step of 128 inputs, the 128 int8 values (zero past the row's end) and
 /// the lane scales `[d_a(4s)×4, d_a(4s+2)×4, d_a(4s+1)×4, d_a(4s+3)×4]`
 /// (lanes 4..7 are the second block's first half).
-struct PrepS24 {
+pub(crate) struct PrepS24 {
     q: Vec<[__m512i; 2]>,
     /// `q` as unsigned bytes, `a + 128` (`q8s24`'s kernel multiplies the
     /// signed weights by them).
@@ -286,7 +286,7 @@ pub(crate) fn prepare_s24_q8(x: &Q8Activations) {
 }
 
 /// A 2:4 block type as the step loop of [`s24_rows`] takes it.
-trait S24Kind {
+pub(crate) trait S24Kind {
     type Block;
     /// The kernel's constant registers.
     type Consts;
@@ -335,10 +335,10 @@ unsafe fn fields(b0: *const u8, at: usize, stride: usize, two: bool) -> __m512i 
 }
 
 /// `q4s24`: 3-bit pair codes and nibbles.
-struct Q4S24Kind;
+pub(crate) struct Q4S24Kind;
 
 /// The constant registers of the `q4s24` step.
-struct Q4S24Consts {
+pub(crate) struct Q4S24Consts {
     /// `vpermb` of the two blocks' 44 bytes to [b0 qs, b1 qs, b0 qs, b1 qs].
     nib: __m512i,
     /// `vgf2p8affineqb` matrices: bits 0-3 of a byte (qwords 0-3), bits
@@ -429,10 +429,10 @@ impl S24Kind for Q4S24Kind {
 }
 
 /// `q8s24`: int8 quants and 2-bit positions.
-struct Q8S24Kind;
+pub(crate) struct Q8S24Kind;
 
 /// The constant registers of the `q8s24` step.
-struct Q8S24Consts {
+pub(crate) struct Q8S24Consts {
     /// `vpermi2b` of the two blocks' 80 bytes to [b0 qs 0..15, b1 qs
     /// 0..15, b0 qs 16..31, b1 qs 16..31].
     quants: __m512i,
@@ -622,34 +622,10 @@ fn prefetch_rows(w: &WeightsRef<'_>, sp: *const u16, nb: usize, r: usize) {
 /// Rows per call of [`s24_rows`]: they share the activation loads.
 const S24_ROWS: usize = 4;
 
-/// `q4s24` weights × int8 activations, as [`crate::dispatch::MatmulQ8Fn`].
-///
-/// # Safety
-/// The CPU must have AVX-512 F, BW, VL, VNNI, VBMI and GFNI.
-pub unsafe fn matmul_q4s24_q8_avx512(
-    w: &WeightsRef<'_>,
-    rows: Range<usize>,
-    x: &Q8Activations,
-    out: &mut [f32],
-) {
-    matmul_s24_q8_avx512::<Q4S24Kind>(w, rows, x, out)
-}
-
-/// `q8s24` weights × int8 activations, as [`crate::dispatch::MatmulQ8Fn`].
-///
-/// # Safety
-/// As [`matmul_q4s24_q8_avx512`].
-pub unsafe fn matmul_q8s24_q8_avx512(
-    w: &WeightsRef<'_>,
-    rows: Range<usize>,
-    x: &Q8Activations,
-    out: &mut [f32],
-) {
-    matmul_s24_q8_avx512::<Q8S24Kind>(w, rows, x, out)
-}
-
-/// The table entry: [`matmul_q4s24_q8_avx512`] behind the safe signature.
-pub(crate) fn matmul_q4s24_q8(
+/// The table entries (`Kernels::matmul_q4s24_q8` with [`Q4S24Kind`],
+/// `Kernels::matmul_q8s24_q8` with [`Q8S24Kind`]): the 2:4 int8 kernel
+/// behind the safe signature of [`crate::dispatch::MatmulQ8Fn`].
+pub(crate) fn matmul_s24_q8<K: S24Kind>(
     w: &WeightsRef<'_>,
     rows: Range<usize>,
     x: &Q8Activations,
@@ -658,16 +634,5 @@ pub(crate) fn matmul_q4s24_q8(
     // SAFETY: only reachable through the AVX-512 tables that
     // `crate::dispatch` hands out when `avx512_vbmi_available()` (VBMI and
     // GFNI).
-    unsafe { matmul_q4s24_q8_avx512(w, rows, x, out) }
-}
-
-/// The table entry: [`matmul_q8s24_q8_avx512`] behind the safe signature.
-pub(crate) fn matmul_q8s24_q8(
-    w: &WeightsRef<'_>,
-    rows: Range<usize>,
-    x: &Q8Activations,
-    out: &mut [f32],
-) {
-    // SAFETY: as `matmul_q4s24_q8`.
-    unsafe { matmul_q8s24_q8_avx512(w, rows, x, out) }
+    unsafe { matmul_s24_q8_avx512::<K>(w, rows, x, out) }
 }
