@@ -1123,3 +1123,17 @@ fn tensor_views_are_inside_the_file_for_every_tensor() {
     assert!(spans.last().unwrap().1 <= total);
     assert!(spans.iter().all(|s| s.0 % 64 == 0));
 }
+
+#[test]
+fn short_files_are_refused_in_both_residencies() {
+    let dir = temp_dir("short");
+    for (name, bytes) in [("empty.mllm", &b""[..]), ("three.mllm", &b"MLL"[..])] {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        for r in [Residency::Mapped, Residency::HugePages] {
+            let msg = MllmFile::open_with(&path, r).unwrap_err().to_string();
+            assert!(msg.contains("too short"), "{r:?} {name}: {msg}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -37,7 +37,7 @@ pub enum Residency {
     /// The file read once into private anonymous memory that the kernel is
     /// asked to back with 2 MiB pages. Decode reads every weight once per
     /// token: in 4 KiB pages a 100 MB model spans 25,000 of them, far more
-    /// than the TLB holds, and the page walks cost decode 8–35% of its speed
+    /// than the TLB holds, and the page walks cost decode 5–27% of its speed
     /// on the machine of `docs/performance.md`. The cost is one copy at
     /// load, and memory that only swap can reclaim.
     HugePages,
