@@ -24,6 +24,7 @@ struct Line([u8; 64]);
 
 /// How [`MllmFile::open`] brings a file's bytes into memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
 pub enum Residency {
     /// [`Residency::HugePages`] where the operating system offers
     /// transparent huge pages (Linux with them set to `always` or
@@ -81,27 +82,22 @@ pub(crate) fn thp_setting_offers(setting: &str) -> bool {
         .any(|w| w == "[always]" || w == "[madvise]")
 }
 
-/// The default of [`MllmFile::open`]: a [`Residency`] as its index.
+/// The default of [`MllmFile::open`]: a [`Residency`] as its `u8`.
 static DEFAULT_RESIDENCY: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// Sets how [`MllmFile::open`] (and so [`crate::Model::load`]) brings
 /// `.mllm` files into memory from now on; [`Residency::Auto`] unless set.
 pub fn set_default_residency(r: Residency) {
-    let i = match r {
-        Residency::Auto => 0,
-        Residency::Mapped => 1,
-        Residency::HugePages => 2,
-    };
-    DEFAULT_RESIDENCY.store(i, std::sync::atomic::Ordering::Relaxed);
+    DEFAULT_RESIDENCY.store(r as u8, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// What [`set_default_residency`] last set.
 pub fn default_residency() -> Residency {
-    match DEFAULT_RESIDENCY.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => Residency::Mapped,
-        2 => Residency::HugePages,
-        _ => Residency::Auto,
-    }
+    let set = DEFAULT_RESIDENCY.load(std::sync::atomic::Ordering::Relaxed);
+    [Residency::Mapped, Residency::HugePages]
+        .into_iter()
+        .find(|&r| r as u8 == set)
+        .unwrap_or(Residency::Auto)
 }
 
 /// `file` read into anonymous memory asked for huge pages.

@@ -306,13 +306,12 @@ pub(crate) trait S24Kind {
     fn planes(w: &WeightsRef<'_>) -> Option<(*const Self::Block, *const u16)>;
 }
 
-/// Output byte `j` of a step register: half `h = j / 32`, block
-/// `b = (j / 16) % 2`, kept value `k = 16h + j % 16` of that block, in
-/// group `k / 2`; and that kept value's input base `64·b + 4·group`.
-fn lane_byte(j: usize) -> (usize, usize, usize, u8) {
-    let (h, b, i) = (j / 32, (j / 16) % 2, j % 16);
-    let k = 16 * h + i;
-    (h, b, k, (64 * b + 4 * (k / 2)) as u8)
+/// Output byte `j` of a step register: block `b = (j / 16) % 2`, kept
+/// value `k = 16·(j / 32) + j % 16` of that block, in group `k / 2`; and
+/// that kept value's input base `64·b + 4·group`.
+fn lane_byte(j: usize) -> (usize, usize, u8) {
+    let (b, k) = ((j / 16) % 2, 16 * (j / 32) + j % 16);
+    (b, k, (64 * b + 4 * (k / 2)) as u8)
 }
 
 #[inline(always)]
@@ -363,7 +362,7 @@ impl S24Kind for Q4S24Kind {
         let (mut nib, mut shift, mut parity, mut base, mut pos) =
             ([0u8; 64], [0u8; 64], [0u8; 64], [0u8; 64], [0u8; 64]);
         for j in 0..64 {
-            let (_, b, k, at) = lane_byte(j);
+            let (b, k, at) = lane_byte(j);
             nib[j] = (22 * b + 6 + j % 16) as u8;
             shift[j] = ((3 * (k / 2) + 63) % 64) as u8;
             parity[j] = (k % 2) as u8;
@@ -450,7 +449,7 @@ impl S24Kind for Q8S24Kind {
     unsafe fn consts() -> Q8S24Consts {
         let (mut quants, mut shift, mut base) = ([0u8; 64], [0u8; 64], [0u8; 64]);
         for j in 0..64 {
-            let (_, b, k, at) = lane_byte(j);
+            let (b, k, at) = lane_byte(j);
             quants[j] = (40 * b + k) as u8;
             shift[j] = (2 * k) as u8;
             base[j] = at;
