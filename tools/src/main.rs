@@ -586,14 +586,6 @@ fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     Ok(())
 }
 
-/// Index of the largest logit.
-fn argmax(v: &[f32]) -> u32 {
-    v.iter()
-        .enumerate()
-        .max_by(|x, y| x.1.total_cmp(y.1))
-        .map_or(0, |m| m.0 as u32)
-}
-
 /// Median, minimum and maximum of the samples.
 fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
@@ -677,7 +669,7 @@ fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
             let t = std::time::Instant::now();
             for _ in 0..a.gen {
                 let logits = model.forward_with(&[tok], &mut cache, Logits::Last, hook)?;
-                tok = argmax(&logits);
+                tok = microllm::sampler::argmax(&logits);
             }
             if rep > 0 {
                 speeds.push(a.gen as f64 / t.elapsed().as_secs_f64());
