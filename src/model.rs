@@ -482,8 +482,7 @@ impl Model {
     /// Bytes of weights one decoded token reads: every matrix and norm of
     /// every layer, the final norm, the output head, and one row of the
     /// token embedding (the whole matrix when it is also the head). The
-    /// KV cache comes on top (`2 · n_layers · kv_dim · 4` bytes per cached
-    /// position).
+    /// KV cache comes on top ([`Model::kv_bytes_per_position`]).
     pub fn weight_bytes_per_token(&self) -> usize {
         let w = &self.weights;
         let layers: usize = w
@@ -503,6 +502,15 @@ impl Model {
             None => emb.byte_len(),
         };
         layers + w.final_norm.byte_len() + head
+    }
+
+    /// Bytes of KV cache that attention reads for each cached position
+    /// (keys and values of every layer, f32): a token decoded after `p`
+    /// cached positions reads `(p + 1)` times this on top of
+    /// [`Model::weight_bytes_per_token`].
+    pub fn kv_bytes_per_position(&self) -> usize {
+        let c = &self.config;
+        2 * c.n_layers * c.n_kv_heads * c.head_dim * std::mem::size_of::<f32>()
     }
 
     /// A KV cache for this model holding up to `capacity` positions (capped

@@ -679,19 +679,24 @@ fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
     }
     let rss = peak_rss_bytes();
     let bytes_per_token = model.weight_bytes_per_token();
+    // Decode token i (from 0) attends over i + 1 cached positions: on
+    // average (gen + 1) / 2 of them, each read once per token.
+    let kv_per_token = model.kv_bytes_per_position() * (a.gen + 1) / 2;
+    let read_per_token = bytes_per_token + kv_per_token;
     let ceiling = if a.bandwidth {
         Some((
             read_bandwidth(1 << 30, 5)?,
-            read_bandwidth(bytes_per_token, 20)?,
+            read_bandwidth(read_per_token, 20)?,
         ))
     } else {
         None
     };
     for (test, (median, min, max), ttft_ms) in &rows {
-        // Decode reads every weight once per token: the bandwidth it uses.
-        let gb_s = test
-            .starts_with("tg")
-            .then(|| median * bytes_per_token as f64 / 1e9);
+        // Decode reads every weight once per token, and the KV cache so
+        // far: the bandwidth it uses.
+        let decode = test.starts_with("tg");
+        let gb_s = decode.then(|| median * bytes_per_token as f64 / 1e9);
+        let read_gb_s = decode.then(|| median * read_per_token as f64 / 1e9);
         if a.json {
             let v = serde_json::json!({
                 "test": test, "threads": threads, "isa": isa.name(), "act": model.activations().name(), "tok_s": median, "tok_s_min": min, "tok_s_max": max,
@@ -699,6 +704,7 @@ fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
                 "peak_rss_bytes": rss, "model": a.model.display().to_string(),
                 "lora_mode": lora_mode, "lora_unmerged_bytes": lora_bytes,
                 "weight_bytes_per_token": bytes_per_token, "weight_gb_s": gb_s,
+                "kv_bytes_per_token": decode.then_some(kv_per_token), "read_gb_s": read_gb_s,
                 "weights_in": residency,
             });
             println!("{v}");
@@ -706,8 +712,8 @@ fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
             let ttft = ttft_ms
                 .map(|t| format!("  first token {t:.1} ms"))
                 .unwrap_or_default();
-            let bw = gb_s
-                .map(|g| format!("  {g:.1} GB/s of weights"))
+            let bw = read_gb_s
+                .map(|g| format!("  {g:.1} GB/s of weights and KV cache"))
                 .unwrap_or_default();
             println!("{test:>6}  {threads} threads  {isa:<6}  {median:8.1} tok/s  (min {min:.1}, max {max:.1}){ttft}{bw}");
         }
@@ -719,16 +725,18 @@ fn cmd_bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
                 serde_json::json!({"test": "read", "threads": threads, "gb_s": mem, "gb_s_token_bytes": same})
             );
         } else {
-            let tok = |c: f64| c * 1e9 / bytes_per_token as f64;
+            let tok = |c: f64| c * 1e9 / read_per_token as f64;
             println!("  read  {threads} threads  {mem:8.1} GB/s (read loop over 1 GiB: the decode ceiling is {:.0} tok/s)", tok(mem));
-            println!("  read  {threads} threads  {same:8.1} GB/s (read loop over one token's {:.1} MiB: the decode ceiling is {:.0} tok/s)", bytes_per_token as f64 / (1 << 20) as f64, tok(same));
+            println!("  read  {threads} threads  {same:8.1} GB/s (read loop over one token's {:.1} MiB: the decode ceiling is {:.0} tok/s)", read_per_token as f64 / (1 << 20) as f64, tok(same));
         }
     }
     if !a.json {
         println!(
-            "load {load_ms:.1} ms, peak RSS {:.1} MiB, {:.1} MiB of weights read per token{}",
+            "load {load_ms:.1} ms, peak RSS {:.1} MiB, {:.1} MiB of weights and {:.1} MiB of KV cache (tg{} average) read per token{}",
             rss.unwrap_or(0) as f64 / (1 << 20) as f64,
             bytes_per_token as f64 / (1 << 20) as f64,
+            kv_per_token as f64 / (1 << 20) as f64,
+            a.gen,
             residency
                 .map(|r| format!(", weights in {r}"))
                 .unwrap_or_default()

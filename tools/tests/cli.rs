@@ -239,6 +239,11 @@ fn convert_inspect_and_run_a_q8_mllm() {
         let (ok, json, err) = microllm(&[flags, &bench[..]].concat());
         assert!(ok, "{err}");
         let v: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+        // Two decoded tokens attend over 1 and 2 positions: 1.5 on
+        // average, of 2 (K, V) x 30 layers x 3 heads x 64 x 4 bytes.
+        assert_eq!(v["kv_bytes_per_token"], 2 * 30 * 3 * 64 * 4 * 3 / 2);
+        let (all, weights) = (v["read_gb_s"].as_f64(), v["weight_gb_s"].as_f64());
+        assert!(all.unwrap() > weights.unwrap(), "{v}");
         let got = v["weights_in"].as_str().unwrap();
         match want {
             Some(w) => assert_eq!(got, w),
