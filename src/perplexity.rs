@@ -219,15 +219,9 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
     logits.iter().map(|&v| v as f64 - lse).collect()
 }
 
-/// Index of the largest value, the first on ties.
+/// Index of the largest value, the first on ties (the greedy sampler's).
 fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
+    crate::sampler::argmax(v) as usize
 }
 
 #[cfg(test)]

@@ -455,19 +455,14 @@ impl Sampler {
     }
 }
 
-/// Calls `f(id, logit)` for every token in id order with the logit
-/// sanitised and, for ids in `recent` (sorted, distinct), penalised: a
-/// positive logit divided by `penalty`, a negative one multiplied (CTRL /
-/// Hugging Face rule). Walking `recent` alongside the ids avoids a lookup
-/// per token.
 /// The greedy pick without a repetition penalty: the id of the largest
 /// logit, the lowest on ties, with the module's rules (NaN counts as `-inf`,
 /// `+inf` as `f32::MAX`, and `0` when nothing beats `-inf`).
 ///
 /// Two passes that the compiler turns into SIMD (16 running maxima, then
-/// 16-wide compares up to the first chunk that holds the maximum): over a
-/// 49,152-entry vocabulary about a tenth of the time of one pass that
-/// keeps the best id as it goes, which showed as 1% of a decode step.
+/// 16-wide compares up to the first chunk that holds the maximum). Over
+/// SmolLM2's 49,152 logits it is 0.24% of a 1-thread q4 decode step in
+/// `perf`, where a one-pass `max_by` took 1.1–1.4%.
 pub fn argmax(logits: &[f32]) -> u32 {
     const W: usize = 16;
     let mut lanes = [f32::NEG_INFINITY; W];
@@ -500,6 +495,11 @@ pub fn argmax(logits: &[f32]) -> u32 {
     (base + at(chunks.remainder()).unwrap_or(0)) as u32
 }
 
+/// Calls `f(id, logit)` for every token in id order with the logit
+/// sanitised and, for ids in `recent` (sorted, distinct), penalised: a
+/// positive logit divided by `penalty`, a negative one multiplied (CTRL /
+/// Hugging Face rule). Walking `recent` alongside the ids avoids a lookup
+/// per token.
 fn for_each_logit(logits: &[f32], recent: &[u32], penalty: f32, mut f: impl FnMut(u32, f32)) {
     let mut recent = recent.iter().copied().peekable();
     for (i, &raw) in logits.iter().enumerate() {
