@@ -961,15 +961,17 @@ impl QuantizedWeights {
                 .zip(scales.par_chunks_mut(nb))
                 .zip(mins_rows)
                 .enumerate()
-                .try_for_each(|(r, ((q, s), m))| {
+                .filter_map(|(r, ((q, s), m))| {
                     let xr = &x[r * cols..(r + 1) * cols];
                     let res = match ty {
                         TensorType::Q8 => q8::quantize_row(xr, bytemuck::cast_slice_mut(q), s),
                         TensorType::Q4 => q4::quantize_row(xr, bytemuck::cast_slice_mut(q), s),
                         _ => q4m::quantize_row(xr, bytemuck::cast_slice_mut(q), s, m),
                     };
-                    res.map_err(|e| shift_error(e, r * cols))
-                })?;
+                    res.err().map(|e| (r, shift_error(e, r * cols)))
+                })
+                .min_by_key(|&(r, _)| r)
+                .map_or(Ok(()), |(_, e)| Err(e))?;
         }
         Ok(QuantizedWeights {
             ty,
@@ -1071,18 +1073,22 @@ fn sparse_quantize(
             .par_chunks_mut(nb * block_bytes)
             .zip(scales.par_chunks_mut(nb))
             .enumerate()
-            .try_for_each(|(r, (q, s))| {
+            .filter_map(|(r, (q, s))| {
                 let xr = &x[r * cols..(r + 1) * cols];
                 let res = if ty == TensorType::Q4S24 {
                     sparse::quantize_row_q4s24(xr, bytemuck::cast_slice_mut(q), s)
                 } else {
                     sparse::quantize_row_q8s24(xr, bytemuck::cast_slice_mut(q), s)
                 };
-                res.map_err(|e| match e {
-                    QuantError::Layout(m) => QuantError::Layout(format!("row {r}: {m}")),
-                    e => shift_error(e, r * cols),
+                res.err().map(|e| match e {
+                    QuantError::Layout(m) => (r, QuantError::Layout(format!("row {r}: {m}"))),
+                    e => (r, shift_error(e, r * cols)),
                 })
-            })?;
+            })
+            // The first failing row, not the first a thread reached: the
+            // message does not depend on the threads' timing.
+            .min_by_key(|&(r, _)| r)
+            .map_or(Ok(()), |(_, e)| Err(e))?;
     }
     Ok(QuantizedWeights {
         ty,
