@@ -956,7 +956,7 @@ impl QuantizedWeights {
             } else {
                 (0..rows).map(|_| <&mut [f16]>::default()).collect()
             };
-            quants
+            let errors = quants
                 .par_chunks_mut(row_q)
                 .zip(scales.par_chunks_mut(nb))
                 .zip(mins_rows)
@@ -969,9 +969,8 @@ impl QuantizedWeights {
                         _ => q4m::quantize_row(xr, bytemuck::cast_slice_mut(q), s, m),
                     };
                     res.err().map(|e| (r, shift_error(e, r * cols)))
-                })
-                .min_by_key(|&(r, _)| r)
-                .map_or(Ok(()), |(_, e)| Err(e))?;
+                });
+            first_row_error(errors)?;
         }
         Ok(QuantizedWeights {
             ty,
@@ -1043,6 +1042,17 @@ impl QuantizedWeights {
     }
 }
 
+/// The error of the first failing row among `(row, error)` pairs from a
+/// parallel pass over the rows, not of the first row a thread reached: the
+/// message does not depend on the threads' timing.
+fn first_row_error(
+    errors: impl rayon::iter::ParallelIterator<Item = (usize, QuantError)>,
+) -> Result<(), QuantError> {
+    errors
+        .min_by_key(|&(r, _)| r)
+        .map_or(Ok(()), |(_, e)| Err(e))
+}
+
 /// [`QuantizedWeights::quantize`] for the 2:4 sparse types: every group
 /// of 4 inputs must hold at most 2 non-zero values.
 fn sparse_quantize(
@@ -1069,7 +1079,7 @@ fn sparse_quantize(
     let mut quants = vec![0u8; x.len() / sk * block_bytes];
     let mut scales = vec![f16::ZERO; x.len() / sk];
     if !x.is_empty() {
-        quants
+        let errors = quants
             .par_chunks_mut(nb * block_bytes)
             .zip(scales.par_chunks_mut(nb))
             .enumerate()
@@ -1084,11 +1094,8 @@ fn sparse_quantize(
                     QuantError::Layout(m) => (r, QuantError::Layout(format!("row {r}: {m}"))),
                     e => (r, shift_error(e, r * cols)),
                 })
-            })
-            // The first failing row, not the first a thread reached: the
-            // message does not depend on the threads' timing.
-            .min_by_key(|&(r, _)| r)
-            .map_or(Ok(()), |(_, e)| Err(e))?;
+            });
+        first_row_error(errors)?;
     }
     Ok(QuantizedWeights {
         ty,
