@@ -185,8 +185,8 @@ proptest! {
         }
     }
 
-    /// The int8 matrix kernels of every tier (AVX-512 with VBMI has SIMD
-    /// ones for both types) against the scalar `dot_q8_q4s24` and
+    /// The int8 matrix kernels of every tier (AVX-512 with VBMI and NEON
+    /// have SIMD ones for both types; NEON's must be bit-identical) against the scalar `dot_q8_q4s24` and
     /// `dot_q8_q8s24`, row by row, on any codes and positions (`q4s24`
     /// codes 6 and 7, repeated `q8s24` positions), odd block counts (a half
     /// step at the row's end), row counts that are not a multiple of the
@@ -229,10 +229,15 @@ proptest! {
                     w.matmul_q8_with(k, &pool, &mut got, &a);
                     for t in 0..n {
                         for r in 0..rows {
-                            let want = w.dot_row_q8(r, a.row(t)) as f64;
+                            let want32 = w.dot_row_q8(r, a.row(t));
+                            let (g32, want) = (got[t * rows + r], want32 as f64);
                             let bound = 1e-5 * abs_dot(&deq[r * cols..(r + 1) * cols], &a.dequantize()[t * cols..(t + 1) * cols]) + 1e-30;
-                            let g = got[t * rows + r] as f64;
+                            let g = g32 as f64;
                             prop_assert!((g - want).abs() <= bound, "{} {isa:?} row {r} token {t}: {g} vs {want}", w.ty());
+                            // NEON sums in the scalar twin's order.
+                            if isa == Isa::Neon {
+                                prop_assert_eq!(g32.to_bits(), want32.to_bits(), "{} row {} token {}", w.ty(), r, t);
+                            }
                         }
                     }
                 }

@@ -7,6 +7,9 @@ use crate::dispatch::{Isa, Kernels};
 // Private: the kernels assume the features `neon_available` checks, so
 // they are reachable only through the table below.
 mod neon;
+// For the 2:4 sparse int8 kernels (`crate::quant::sparse::neon`), which
+// run only through the table below as well.
+pub(crate) use neon::{gather_f16, sdot};
 
 /// NEON (always present on aarch64) and the `sdot`/`udot` dot-product
 /// extension (Armv8.2 and later: Cortex-A55/A76, Apple M1, Raspberry Pi 5).
@@ -24,8 +27,8 @@ pub(crate) static NEON: Kernels = Kernels {
     matmul_q8_q8: neon::matmul_q8_q8,
     matmul_q4_q8: neon::matmul_q4_q8,
     matmul_q4m_q8: neon::matmul_q4m_q8,
-    matmul_q4s24_q8: None,
-    matmul_q8s24_q8: None,
+    matmul_q4s24_q8: Some(crate::quant::sparse::neon::matmul_q4s24_q8),
+    matmul_q8s24_q8: Some(crate::quant::sparse::neon::matmul_q8s24_q8),
     prepare_q8: crate::dispatch::no_prepare_q8,
     matmul_f32: neon::matmul_f32,
     matmul_f32_cols: None,

@@ -27,7 +27,9 @@
 //!   decoded weight block up to four tokens; `sdot` per 16 bytes, the four
 //!   rows' i32 sums folded with `addp` into one vector (lane = row), one f32
 //!   multiply and add per block and token. Bit-identical to the scalar
-//!   twins (same per-block products and block order).
+//!   twins (same per-block products and block order). The 2:4 sparse
+//!   types' int8 kernels (`crate::quant::sparse::neon`) use this file's
+//!   `sdot` and `gather_f16`.
 //! - f32 activations: q8/q4 blocks decoded to f32 once per row and used by
 //!   up to four tokens (FMAs, one scale per block); q4m replicates its
 //!   scalar twin exactly (see `deq_row`); f32/f16 weights in tiles of four
@@ -58,7 +60,7 @@ const Q4M: u8 = 2;
 
 /// `acc + (Σ of each group of four a·b)` per i32 lane: `sdot`.
 #[inline(always)]
-unsafe fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+pub(crate) unsafe fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     asm!(
         "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
         acc = inout(vreg) acc,
@@ -106,7 +108,7 @@ unsafe fn h2f(h: f16) -> f32 {
 /// `p[0], p[stride], …` (the first `R ≤ 4`; the other lanes 0) as f32: the
 /// scales (or minimums) of one block column of a row tile.
 #[inline(always)]
-unsafe fn gather_f16<const R: usize>(p: *const f16, stride: usize) -> float32x4_t {
+pub(crate) unsafe fn gather_f16<const R: usize>(p: *const f16, stride: usize) -> float32x4_t {
     let mut h = [0u16; 4];
     for (i, hi) in h.iter_mut().enumerate().take(R) {
         *hi = (*p.add(i * stride)).to_bits();

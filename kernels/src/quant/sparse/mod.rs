@@ -46,12 +46,13 @@
 //! - [`dot_q8_q4s24`] / [`dot_q8_q8s24`]: int8 activations ([`Q8Row`]);
 //!   kept values 0..15 use activation block `2b`, 16..31 block `2b + 1`,
 //!   so each half is an exact i32 sum scaled by its activation block. The
-//!   scalar references; both types have a SIMD matrix kernel on AVX-512
-//!   with VBMI and GFNI (`x86::matmul_s24_q8`, one step loop for both,
-//!   the table entries `Kernels::matmul_q4s24_q8` and
-//!   `Kernels::matmul_q8s24_q8`), which
-//!   decode the codes or positions and gather 64 activations per step in
-//!   registers.
+//!   scalar references; both types have a SIMD matrix kernel (the table
+//!   entries `Kernels::matmul_q4s24_q8` and `Kernels::matmul_q8s24_q8`)
+//!   on AVX-512 with VBMI and GFNI (`x86::matmul_s24_q8`, one step loop
+//!   for both) and on NEON with dotprod (`neon::matmul_q4s24_q8`,
+//!   `neon::matmul_q8s24_q8`), which decode the codes or positions and
+//!   gather the activations in registers (`vpermi2b`, `tbl`). AVX2 has
+//!   none: its 2:4 weights take f32 activations.
 
 use super::{q4, q8, sum8, BlockQ4, BlockQ8, Q8Row, QuantError, QK};
 pub use crate::dispatch::Isa;
