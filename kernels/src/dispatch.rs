@@ -176,7 +176,7 @@ pub struct Kernels {
     /// q4m weights × int8 activations.
     pub matmul_q4m_q8: MatmulQ8Fn,
     /// 2:4 sparse `q4s24` weights × int8 activations, where the tier has a
-    /// SIMD kernel for it (AVX-512 with VBMI, NEON); elsewhere the scalar
+    /// SIMD kernel for it (AVX2, AVX-512, NEON); elsewhere the scalar
     /// reference serves `matmul_q8`, and models give `q4s24` f32 inputs
     /// (see [`Kernels::int8_for`]).
     pub matmul_q4s24_q8: Option<MatmulQ8Fn>,

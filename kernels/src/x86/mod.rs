@@ -164,8 +164,8 @@ pub static AVX2: Kernels = Kernels {
     matmul_q8_q8: avx2::matmul_q8_q8,
     matmul_q4_q8: avx2::matmul_q4_q8,
     matmul_q4m_q8: avx2::matmul_q4m_q8,
-    matmul_q4s24_q8: None,
-    matmul_q8s24_q8: None,
+    matmul_q4s24_q8: Some(s24::matmul_s24_q8_v2::<s24::Q4S24Avx2>),
+    matmul_q8s24_q8: Some(s24::matmul_s24_q8_v2::<s24::Q8S24Avx2>),
     prepare_q8: crate::dispatch::no_prepare_q8,
     matmul_f32: avx2::matmul_f32_entry,
     matmul_f32_cols: None,
@@ -212,11 +212,11 @@ pub static AVX512: Kernels = Kernels {
     silu_mul: avx512::silu_mul,
 };
 
-/// The AVX-512 tier on a CPU without VBMI: 2:4 sparse weights take f32
-/// activations.
+/// The AVX-512 tier on a CPU without VBMI (Skylake-X, Cascade Lake): 2:4
+/// sparse weights take the AVX2 int8 kernels.
 pub static AVX512_NO_VBMI: Kernels = Kernels {
-    matmul_q4s24_q8: None,
-    matmul_q8s24_q8: None,
+    matmul_q4s24_q8: AVX2.matmul_q4s24_q8,
+    matmul_q8s24_q8: AVX2.matmul_q8s24_q8,
     ..AVX512
 };
 
@@ -236,8 +236,8 @@ pub static AMX: Kernels = Kernels {
 
 /// The AMX tier on a CPU without VBMI (none is known; for completeness).
 pub static AMX_NO_VBMI: Kernels = Kernels {
-    matmul_q4s24_q8: None,
-    matmul_q8s24_q8: None,
+    matmul_q4s24_q8: AVX2.matmul_q4s24_q8,
+    matmul_q8s24_q8: AVX2.matmul_q8s24_q8,
     ..AMX
 };
 

@@ -49,10 +49,10 @@
 //!   scalar references; both types have a SIMD matrix kernel (the table
 //!   entries `Kernels::matmul_q4s24_q8` and `Kernels::matmul_q8s24_q8`)
 //!   on AVX-512 with VBMI and GFNI (`x86::matmul_s24_q8`, one step loop
-//!   for both) and on NEON with dotprod (`neon::matmul_q4s24_q8`,
-//!   `neon::matmul_q8s24_q8`), which decode the codes or positions and
-//!   gather the activations in registers (`vpermi2b`, `tbl`). AVX2 has
-//!   none: its 2:4 weights take f32 activations.
+//!   for both), on AVX2 (`x86::matmul_s24_q8_v2`) and on NEON with
+//!   dotprod (`neon::matmul_q4s24_q8`, `neon::matmul_q8s24_q8`), which
+//!   decode the codes or positions and gather the activations in
+//!   registers (`vpermi2b`, `vpshufb`, `tbl`).
 
 use super::{q4, q8, sum8, BlockQ4, BlockQ8, Q8Row, QuantError, QK};
 pub use crate::dispatch::Isa;

@@ -1,6 +1,8 @@
-//! AVX2 and AVX-512 versions of the 2:4 sparse dot products (f32
-//! activations). Each gathers the activations at the kept positions with
-//! a permute and multiply-adds only the kept values:
+//! AVX2 and AVX-512 versions of the 2:4 sparse kernels: dot products on
+//! f32 activations, and matrix products on int8 activations (decode; the
+//! AVX-512 one and the AVX2 one are described where they start below).
+//! The f32 ones gather the activations at the kept positions with a
+//! permute and multiply-add only the kept values:
 //! - AVX2: 8 kept values (16 inputs, two registers) per step: positions
 //!   decoded with one variable shift, two `vpermps` and a blend;
 //! - AVX-512: 16 kept values (32 inputs) per step with one `vpermt2ps`.
@@ -634,4 +636,318 @@ pub(crate) fn matmul_s24_q8<K: S24Kind>(
     // `crate::dispatch` hands out when `avx512_vbmi_available()` (VBMI and
     // GFNI).
     unsafe { matmul_s24_q8_avx512::<K>(w, rows, x, out) }
+}
+
+// ---------------------------------------------------------------------------
+// 2:4 weights × int8 activations on AVX2 (decode).
+//
+// One block (64 inputs, 32 kept values) per step and row. Lane 0 of the
+// step's registers holds kept values 0..15 (groups 0..7, activation block
+// `2b`), lane 1 kept 16..31 (groups 8..15, block `2b + 1`), each group's
+// two values in one 16-bit word. `vpshufb` only moves bytes within a
+// 16-byte lane, so the block's activations are split across two registers
+// with the same lane halves: A = inputs [0..16 | 32..48], B = [16..32 |
+// 48..64] (two `vperm2i128` per block, shared by the four rows of a tile).
+// A group's 4 inputs then sit at bytes `4·(group % 4)` of A (groups 0-3 of
+// a half) or of B (groups 4-7), so one index register `4·(group % 4) + p`
+// serves both `vpshufb`s and a dword blend picks A's or B's bytes.
+//
+// Indices, per kind:
+// - `q8s24`: byte `g / 2` of the positions holds group `g`'s pair in its
+//   low (even `g`) or high (odd) nibble. One `vpshufb` copies it to both
+//   bytes of the group's word, with the words in the order [0, 2, 1, 3, 4,
+//   6, 5, 7] so that a dword holds two even or two odd groups: one
+//   `vpsrlvd` brings the odd ones' nibble down, and `vpmaddubsw` of
+//   `[n & 3, n & 12]` by `[1, 64]` gives `[p0, p1]`. The quants are put in
+//   the same order with one `vpshufb`.
+// - `q4s24`: one `vpshufb` copies the two bytes holding group `g`'s 3-bit
+//   code to its word, `vpmullw` by `2^(8 − 3g % 8)` lifts the code to bits
+//   8-10, one `vpshufb` copies that byte to both, and a `vpshufb` table of
+//   the 6 pairs turns `code + 8·parity` into the position. The nibbles are
+//   in order already (low ones lane 0, high ones lane 1: one `vpsrlvq`).
+// The products: `vpmaddubsw` (`q8s24` with the sign trick, `q4s24` as
+// `n·a − 8·a`), `vpmaddwd` by ones; each lane is then one half block's
+// exact sum, scaled by its activation block's `d_a` and the block's `d_w`.
+// ---------------------------------------------------------------------------
+
+use crate::quant::Q8Row;
+
+/// A 2:4 block type as the AVX2 step of [`s24_rows_avx2`] takes it.
+pub(crate) trait S24Avx2 {
+    type Block;
+    /// The kernel's constant registers.
+    type Consts;
+    unsafe fn consts() -> Self::Consts;
+    /// The block's 32 kept weights as bytes, and the `vpshufb` index of each
+    /// one's activation, both in the kind's word order (module comment).
+    unsafe fn load(k: &Self::Consts, b: *const Self::Block) -> (__m256i, __m256i);
+    /// `Σ w·x` over each dword's 4 bytes, for weights `w` from
+    /// [`S24Avx2::load`] and activations `x` gathered by its indices.
+    unsafe fn dot(w: __m256i, x: __m256i) -> __m256i;
+    fn planes(w: &WeightsRef<'_>) -> Option<(*const Self::Block, *const u16)>;
+}
+
+/// The 16 bytes of a 16-byte-lane table, as both lanes of a register.
+#[inline(always)]
+unsafe fn lanes16(t: &[u8; 16]) -> __m256i {
+    _mm256_broadcastsi128_si256(_mm_loadu_si128(t.as_ptr() as *const __m128i))
+}
+
+/// The `q8s24` constants of the AVX2 step.
+pub(crate) struct Q8S24Avx2Consts {
+    /// Byte of the positions for both bytes of each word.
+    sel: __m256i,
+    /// Per dword: 0 (even groups) or 4 (odd groups).
+    shift: __m256i,
+    /// `[3, 12]` per word.
+    mask: __m256i,
+    /// `[1, 64]` per word (`vpmaddubsw`).
+    place: __m256i,
+    /// `4·(group % 4)`.
+    base: __m256i,
+    /// The quants into word order.
+    order: __m256i,
+}
+
+/// Groups of the words of a `q8s24` lane.
+const Q8S24_WORDS: [usize; 8] = [0, 2, 1, 3, 4, 6, 5, 7];
+
+pub(crate) struct Q8S24Avx2;
+
+impl S24Avx2 for Q8S24Avx2 {
+    type Block = BlockQ8S24;
+    type Consts = Q8S24Avx2Consts;
+
+    #[inline(always)]
+    unsafe fn consts() -> Q8S24Avx2Consts {
+        let (mut sel, mut base, mut order) = ([[0u8; 16]; 2], [0u8; 16], [0u8; 16]);
+        for (m, &g) in Q8S24_WORDS.iter().enumerate() {
+            for (lane, s) in sel.iter_mut().enumerate() {
+                s[2 * m] = ((8 * lane + g) / 2) as u8;
+                s[2 * m + 1] = ((8 * lane + g) / 2) as u8;
+            }
+            base[2 * m] = (4 * (g % 4)) as u8;
+            base[2 * m + 1] = (4 * (g % 4)) as u8;
+            order[2 * m] = (2 * g) as u8;
+            order[2 * m + 1] = (2 * g + 1) as u8;
+        }
+        Q8S24Avx2Consts {
+            sel: _mm256_loadu_si256(sel.as_ptr() as *const __m256i),
+            shift: _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4),
+            mask: _mm256_set1_epi16(0x0C03),
+            place: _mm256_set1_epi16(0x4001),
+            base: lanes16(&base),
+            order: lanes16(&order),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load(k: &Q8S24Avx2Consts, b: *const BlockQ8S24) -> (__m256i, __m256i) {
+        let pos = _mm256_set1_epi64x(((*b).idx.as_ptr() as *const i64).read_unaligned());
+        let nib = _mm256_srlv_epi32(_mm256_shuffle_epi8(pos, k.sel), k.shift);
+        let p = _mm256_maddubs_epi16(_mm256_and_si256(nib, k.mask), k.place);
+        let q = _mm256_loadu_si256((*b).qs.as_ptr() as *const __m256i);
+        (_mm256_shuffle_epi8(q, k.order), _mm256_or_si256(p, k.base))
+    }
+
+    #[inline(always)]
+    unsafe fn dot(w: __m256i, x: __m256i) -> __m256i {
+        let p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+        _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+    }
+
+    fn planes(w: &WeightsRef<'_>) -> Option<(*const BlockQ8S24, *const u16)> {
+        Q8S24Kind::planes(w)
+    }
+}
+
+/// The `q4s24` constants of the AVX2 step.
+pub(crate) struct Q4S24Avx2Consts {
+    /// The two code bytes of each word's group.
+    sel: __m256i,
+    /// `2^(8 − 3g % 8)` per word.
+    lift: __m256i,
+    /// Byte 1 of each word to bytes 0 and 1.
+    dup: __m256i,
+    /// `8·parity`: 0 in the low byte of each word, 8 in the high one.
+    parity: __m256i,
+    /// `code + 8·parity` → position ([`super::PAIRS`]).
+    pos: __m256i,
+    /// `4·(group % 4)`.
+    base: __m256i,
+    /// Per qword: 0 (lane 0, low nibbles) or 4 (lane 1, high nibbles).
+    nibble: __m256i,
+}
+
+pub(crate) struct Q4S24Avx2;
+
+impl S24Avx2 for Q4S24Avx2 {
+    type Block = BlockQ4S24;
+    type Consts = Q4S24Avx2Consts;
+
+    #[inline(always)]
+    unsafe fn consts() -> Q4S24Avx2Consts {
+        let (mut sel, mut lift) = ([[0u8; 16]; 2], [0i16; 16]);
+        let (mut base, mut dup, mut pos) = ([0u8; 16], [0u8; 16], [0u8; 16]);
+        for m in 0..8 {
+            for (lane, s) in sel.iter_mut().enumerate() {
+                let bit = 3 * (8 * lane + m);
+                s[2 * m] = (bit / 8) as u8;
+                s[2 * m + 1] = (bit / 8 + 1) as u8;
+                lift[8 * lane + m] = 1 << (8 - bit % 8);
+            }
+            base[2 * m] = (4 * (m % 4)) as u8;
+            base[2 * m + 1] = (4 * (m % 4)) as u8;
+            dup[2 * m] = (2 * m + 1) as u8;
+            dup[2 * m + 1] = (2 * m + 1) as u8;
+        }
+        for (c, &(p0, p1)) in super::PAIRS.iter().enumerate() {
+            pos[c] = p0;
+            pos[8 + c] = p1;
+        }
+        Q4S24Avx2Consts {
+            sel: _mm256_loadu_si256(sel.as_ptr() as *const __m256i),
+            lift: _mm256_loadu_si256(lift.as_ptr() as *const __m256i),
+            dup: lanes16(&dup),
+            parity: _mm256_set1_epi16(0x0800),
+            pos: lanes16(&pos),
+            base: lanes16(&base),
+            nibble: _mm256_setr_epi64x(0, 0, 4, 4),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load(k: &Q4S24Avx2Consts, b: *const BlockQ4S24) -> (__m256i, __m256i) {
+        // The 6 code bytes and the first 2 nibble bytes (inside the block).
+        let f = _mm256_set1_epi64x((b as *const i64).read_unaligned());
+        let two = _mm256_shuffle_epi8(f, k.sel);
+        let code = _mm256_shuffle_epi8(_mm256_mullo_epi16(two, k.lift), k.dup);
+        let i = _mm256_or_si256(_mm256_and_si256(code, _mm256_set1_epi8(7)), k.parity);
+        let idx = _mm256_or_si256(_mm256_shuffle_epi8(k.pos, i), k.base);
+        let q = _mm256_broadcastsi128_si256(_mm_loadu_si128((*b).qs.as_ptr() as *const __m128i));
+        let n = _mm256_and_si256(_mm256_srlv_epi64(q, k.nibble), _mm256_set1_epi8(0x0F));
+        (n, idx)
+    }
+
+    /// `Σ (n − 8)·x` as `Σ n·x − Σ 8·x` (`vpmaddubsw` takes `n` unsigned).
+    #[inline(always)]
+    unsafe fn dot(n: __m256i, x: __m256i) -> __m256i {
+        let p = _mm256_sub_epi16(
+            _mm256_maddubs_epi16(n, x),
+            _mm256_maddubs_epi16(_mm256_set1_epi8(8), x),
+        );
+        _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+    }
+
+    fn planes(w: &WeightsRef<'_>) -> Option<(*const BlockQ4S24, *const u16)> {
+        Q4S24Kind::planes(w)
+    }
+}
+
+/// Rows `r..r + R` of a 2:4 matrix against one token's activations `a`.
+// `s` indexes the blocks and every row's scales.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn s24_rows_avx2<K: S24Avx2, const R: usize>(
+    k: &K::Consts,
+    blocks: *const K::Block,
+    scales: *const u16,
+    nb: usize,
+    a: &Q8Row<'_>,
+    r: usize,
+) -> [f32; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut ws = [[0.0f32; 8]; R];
+    for g in 0..nb.div_ceil(8) {
+        let b0 = 8 * g;
+        let count = (nb - b0).min(8);
+        for (i, w) in ws.iter_mut().enumerate() {
+            let mut h = [0u16; 8];
+            std::ptr::copy_nonoverlapping(scales.add((r + i) * nb + b0), h.as_mut_ptr(), count);
+            let v = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
+            _mm256_storeu_ps(w.as_mut_ptr(), v);
+        }
+        for s in 0..count {
+            let b = b0 + s;
+            let ld = |j: usize| {
+                let q = a.quants.get_unchecked(j).qs.as_ptr();
+                _mm256_loadu_si256(q as *const __m256i)
+            };
+            let (lo, hi) = (ld(2 * b), ld(2 * b + 1));
+            let xa = _mm256_permute2x128_si256::<0x20>(lo, hi);
+            let xb = _mm256_permute2x128_si256::<0x31>(lo, hi);
+            let da = _mm256_set_m128(
+                _mm_set1_ps(*a.scales.get_unchecked(2 * b + 1)),
+                _mm_set1_ps(*a.scales.get_unchecked(2 * b)),
+            );
+            for i in 0..R {
+                let (w, idx) = K::load(k, blocks.add((r + i) * nb + b));
+                // Dwords 0-1 of each lane (groups 0-3 of the half) from A,
+                // 2-3 (groups 4-7) from B.
+                let x = _mm256_blend_epi32::<0xCC>(
+                    _mm256_shuffle_epi8(xa, idx),
+                    _mm256_shuffle_epi8(xb, idx),
+                );
+                let v = _mm256_mul_ps(_mm256_cvtepi32_ps(K::dot(w, x)), da);
+                acc[i] = _mm256_fmadd_ps(v, _mm256_set1_ps(ws[i][s]), acc[i]);
+            }
+        }
+    }
+    std::array::from_fn(|i| crate::x86::avx2::hsum(acc[i]))
+}
+
+/// 2:4 weights of kind `K` × int8 activations on AVX2, rows `rows` of `w`
+/// against every token of `x` (`out (rows, n)`).
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn matmul_s24_q8_avx2<K: S24Avx2>(
+    w: &WeightsRef<'_>,
+    rows: Range<usize>,
+    x: &Q8Activations,
+    out: &mut [f32],
+) {
+    let Some((bp, sp)) = K::planes(w) else {
+        panic!("matmul_q8: a 2:4 kernel got {} weights", w.ty());
+    };
+    let n = x.n();
+    let nb = w.cols() / super::SK;
+    assert!(rows.end <= w.rows(), "matmul: rows out of range");
+    assert_eq!(x.cols(), w.cols(), "matmul: x is not (n, cols)");
+    assert_eq!(out.len(), rows.len() * n, "matmul: out is not (rows, n)");
+    // SAFETY (of the unchecked reads in `s24_rows_avx2`): `WeightsRef::new`
+    // checked that the planes hold `rows() · nb` blocks and scales, and the
+    // rows read are below `rows.end ≤ rows()`; each token's `Q8Row` holds
+    // `cols / 32 = 2·nb` blocks and scales.
+    let k = K::consts();
+    for t in 0..n {
+        let a = x.row(t);
+        let mut i = 0;
+        while i + S24_ROWS <= rows.len() {
+            prefetch_rows(w, sp, nb, rows.start + i);
+            let res = s24_rows_avx2::<K, S24_ROWS>(&k, bp, sp, nb, &a, rows.start + i);
+            for (j, v) in res.into_iter().enumerate() {
+                out[(i + j) * n + t] = v;
+            }
+            i += S24_ROWS;
+        }
+        while i < rows.len() {
+            out[i * n + t] = s24_rows_avx2::<K, 1>(&k, bp, sp, nb, &a, rows.start + i)[0];
+            i += 1;
+        }
+    }
+}
+
+/// The AVX2 table entries (`Kernels::matmul_q4s24_q8` with [`Q4S24Avx2`],
+/// `Kernels::matmul_q8s24_q8` with [`Q8S24Avx2`]).
+pub(crate) fn matmul_s24_q8_v2<K: S24Avx2>(
+    w: &WeightsRef<'_>,
+    rows: Range<usize>,
+    x: &Q8Activations,
+    out: &mut [f32],
+) {
+    // SAFETY: only reachable through the AVX2 and later tables, which
+    // `crate::dispatch` hands out after checking AVX2, FMA and F16C.
+    unsafe { matmul_s24_q8_avx2::<K>(w, rows, x, out) }
 }
