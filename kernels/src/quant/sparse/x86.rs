@@ -572,6 +572,38 @@ unsafe fn matmul_s24_q8_avx512<K: S24Kind>(
     let Some((bp, sp)) = K::planes(w) else {
         panic!("matmul_q8: a 2:4 kernel got {} weights", w.ty());
     };
+    // SAFETY (of the unchecked reads in `s24_rows`): `WeightsRef::new`
+    // checked that the planes hold `rows() · nb` blocks and scales; a step
+    // reads blocks `r·nb + 2s` and, when it is in the row, `+ 1`, of rows
+    // below `rows.end ≤ rows()` (checked by `s24_tiles`); `p` holds
+    // `n · ceil(nb / 2)` steps.
+    let p = x.layout(S24_SLOT, || prep_s24(x));
+    let k = K::consts();
+    s24_tiles(
+        w,
+        rows,
+        x,
+        out,
+        sp,
+        |r, t| s24_rows::<K, S24_ROWS>(&k, bp, sp, w.cols() / super::SK, p, r, t),
+        |r, t| s24_rows::<K, 1>(&k, bp, sp, w.cols() / super::SK, p, r, t)[0],
+    );
+}
+
+/// What the 2:4 int8 kernels share: the shape checks, and the walk over
+/// tokens and rows in tiles of [`S24_ROWS`] (`rows4(r, t)`: rows
+/// `r..r + 4` against token `t`; `row1(r, t)`: row `r` alone), each tile
+/// asking for the next one's bytes first.
+#[inline(always)]
+fn s24_tiles(
+    w: &WeightsRef<'_>,
+    rows: Range<usize>,
+    x: &Q8Activations,
+    out: &mut [f32],
+    sp: *const u16,
+    rows4: impl Fn(usize, usize) -> [f32; S24_ROWS],
+    row1: impl Fn(usize, usize) -> f32,
+) {
     let n = x.n();
     let nb = w.cols() / super::SK;
     assert!(rows.end <= w.rows(), "matmul: rows out of range");
@@ -581,24 +613,17 @@ unsafe fn matmul_s24_q8_avx512<K: S24Kind>(
         out.fill(0.0);
         return;
     }
-    // SAFETY (of the unchecked reads below): `WeightsRef::new` checked that
-    // the planes hold `rows · nb` blocks and scales; a step reads blocks
-    // `r·nb + 2s` and, when it is in the row, `+ 1`, of rows below
-    // `rows.end`; `p` holds `n · ceil(nb / 2)` steps.
-    let p = x.layout(S24_SLOT, || prep_s24(x));
-    let k = K::consts();
     for t in 0..n {
         let mut i = 0;
         while i + S24_ROWS <= rows.len() {
             prefetch_rows(w, sp, nb, rows.start + i);
-            let res = s24_rows::<K, S24_ROWS>(&k, bp, sp, nb, p, rows.start + i, t);
-            for (j, v) in res.into_iter().enumerate() {
+            for (j, v) in rows4(rows.start + i, t).into_iter().enumerate() {
                 out[(i + j) * n + t] = v;
             }
             i += S24_ROWS;
         }
         while i < rows.len() {
-            out[i * n + t] = s24_rows::<K, 1>(&k, bp, sp, nb, p, rows.start + i, t)[0];
+            out[i * n + t] = row1(rows.start + i, t);
             i += 1;
         }
     }
@@ -911,32 +936,21 @@ unsafe fn matmul_s24_q8_avx2<K: S24Avx2>(
     let Some((bp, sp)) = K::planes(w) else {
         panic!("matmul_q8: a 2:4 kernel got {} weights", w.ty());
     };
-    let n = x.n();
-    let nb = w.cols() / super::SK;
-    assert!(rows.end <= w.rows(), "matmul: rows out of range");
-    assert_eq!(x.cols(), w.cols(), "matmul: x is not (n, cols)");
-    assert_eq!(out.len(), rows.len() * n, "matmul: out is not (rows, n)");
     // SAFETY (of the unchecked reads in `s24_rows_avx2`): `WeightsRef::new`
     // checked that the planes hold `rows() · nb` blocks and scales, and the
-    // rows read are below `rows.end ≤ rows()`; each token's `Q8Row` holds
-    // `cols / 32 = 2·nb` blocks and scales.
+    // rows read are below `rows.end ≤ rows()` (checked by `s24_tiles`);
+    // each token's `Q8Row` holds `cols / 32 = 2·nb` blocks and scales.
     let k = K::consts();
-    for t in 0..n {
-        let a = x.row(t);
-        let mut i = 0;
-        while i + S24_ROWS <= rows.len() {
-            prefetch_rows(w, sp, nb, rows.start + i);
-            let res = s24_rows_avx2::<K, S24_ROWS>(&k, bp, sp, nb, &a, rows.start + i);
-            for (j, v) in res.into_iter().enumerate() {
-                out[(i + j) * n + t] = v;
-            }
-            i += S24_ROWS;
-        }
-        while i < rows.len() {
-            out[i * n + t] = s24_rows_avx2::<K, 1>(&k, bp, sp, nb, &a, rows.start + i)[0];
-            i += 1;
-        }
-    }
+    let nb = w.cols() / super::SK;
+    s24_tiles(
+        w,
+        rows,
+        x,
+        out,
+        sp,
+        |r, t| s24_rows_avx2::<K, S24_ROWS>(&k, bp, sp, nb, &x.row(t), r),
+        |r, t| s24_rows_avx2::<K, 1>(&k, bp, sp, nb, &x.row(t), r)[0],
+    );
 }
 
 /// The AVX2 table entries (`Kernels::matmul_q4s24_q8` with [`Q4S24Avx2`],
