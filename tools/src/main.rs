@@ -226,7 +226,7 @@ fn attach_all(mut session: Session, set: &LoraSet) -> Result<Session> {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Model: a Hugging Face folder or a .gguf file.
+    /// Model: a .mllm file, a Hugging Face folder or a .gguf file.
     model: PathBuf,
     /// The prompt.
     #[arg(long, short = 'p')]
@@ -253,7 +253,7 @@ struct RunArgs {
 
 #[derive(Args)]
 struct ChatArgs {
-    /// Model: a Hugging Face folder or a .gguf file.
+    /// Model: a .mllm file, a Hugging Face folder or a .gguf file.
     model: PathBuf,
     /// System prompt.
     #[arg(long)]
@@ -266,7 +266,7 @@ struct ChatArgs {
 
 #[derive(Args)]
 struct LogitsArgs {
-    /// Model: a Hugging Face folder or a .gguf file.
+    /// Model: a .mllm file, a Hugging Face folder or a .gguf file.
     model: PathBuf,
     /// Text to score.
     #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
@@ -317,7 +317,7 @@ fn tensor_type(s: &str) -> Result<microllm::format::TensorType> {
 
 #[derive(Args)]
 struct PerplexityArgs {
-    /// Model: a Hugging Face folder or a .gguf file.
+    /// Model: a .mllm file, a Hugging Face folder or a .gguf file.
     model: PathBuf,
     /// Text file to score.
     #[arg(long, short = 'f')]
@@ -338,7 +338,7 @@ struct PerplexityArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Model: a Hugging Face folder or a .gguf file.
+    /// Model: a .mllm file, a Hugging Face folder or a .gguf file.
     model: PathBuf,
     /// Prompt lengths to time (tests pp<N>).
     #[arg(short = 'p', long = "prompt", value_delimiter = ',', default_values_t = vec![64usize, 512])]
