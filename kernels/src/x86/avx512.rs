@@ -404,9 +404,13 @@ unsafe fn int8_512(
         let m = rows.len();
         let mut i = 0;
         let (q, qrow) = w.value_rows();
+        let ahead = match wt {
+            Wt::Q8 => crate::x86::PREFETCH_AHEAD_Q8,
+            Wt::Q4 | Wt::Q4m => crate::x86::PREFETCH_AHEAD,
+        };
         while i + 4 <= m {
             let at = (rows.start + i) * qrow;
-            crate::x86::prefetch(q.wrapping_add(at), 4 * qrow, crate::x86::PREFETCH_AHEAD);
+            crate::x86::prefetch(q.wrapping_add(at), 4 * qrow, ahead);
             let res = int8_512_block::<4, 1>(wt, planes, nb, p, &idx, rows.start + i, 0);
             for k in 0..4 {
                 out[i + k] = res[k][0];

@@ -73,6 +73,14 @@ pub fn avx512_vbmi_available() -> bool {
 /// evicted, less too late).
 pub(crate) const PREFETCH_AHEAD: usize = 1536;
 
+/// [`PREFETCH_AHEAD`] for the AVX-512 int8 decode kernel on q8 weights,
+/// whose 4-row tiles are twice as long as q4's. At 1 thread 768 bytes
+/// ahead decoded q8 1–3% faster than 1536 in three alternating runs
+/// (session 13; its share of the 1 GiB read loop 76.3% against 74.2%),
+/// at 2 threads the same within the noise (+2.5%, −1%); q4 was 1.5%
+/// (1 thread) to 6% (2 threads) slower at 768, so it keeps 1536.
+pub(crate) const PREFETCH_AHEAD_Q8: usize = 768;
+
 /// Asks for the cache lines of `base[ahead..ahead + len]` (in bytes) to be
 /// loaded into L1. Only hints: the addresses need not be valid (a
 /// prefetch never faults), so a kernel may ask past the end of its plane.
