@@ -105,6 +105,26 @@ impl fmt::Display for Isa {
     }
 }
 
+/// The shape checks every [`MatmulQ8Fn`] makes before it reads anything:
+/// `rows` lies within `w`, `x` is `(n, cols)`, `out` is `(rows, n)`.
+pub(crate) fn check_matmul_q8(
+    w: &WeightsRef<'_>,
+    rows: &Range<usize>,
+    x: &Q8Activations,
+    out: &[f32],
+) {
+    assert!(
+        rows.start <= rows.end && rows.end <= w.rows(),
+        "matmul_q8: rows out of range"
+    );
+    assert_eq!(x.cols(), w.cols(), "matmul_q8: x is not (n, cols)");
+    assert_eq!(
+        out.len(),
+        rows.len() * x.n(),
+        "matmul_q8: out is not (rows, n)"
+    );
+}
+
 /// `out[(r - rows.start) · n + t] = Σ_c W[r, c] · x[t, c]` for the weight
 /// rows `rows` and all `n` tokens of `x`: quantized weights times int8
 /// activations. `out` is `(rows.len(), n)`, row-major by weight row, so

@@ -234,13 +234,8 @@ fn matmul_int8(
     let (kind, quants, scales, mins) = quant_planes(w)
         .unwrap_or_else(|| panic!("matmul_q8: {} weights have no int8 kernel", w.ty()));
     assert_eq!(kind, want, "matmul_q8: kernel for another weight type");
+    crate::dispatch::check_matmul_q8(w, &rows, x, out);
     let n = x.n();
-    assert!(
-        rows.start <= rows.end && rows.end <= w.rows(),
-        "matmul_q8: rows"
-    );
-    assert_eq!(x.cols(), w.cols(), "matmul_q8: x is not (n, cols)");
-    assert_eq!(out.len(), rows.len() * n, "matmul_q8: out is not (rows, n)");
     if n == 0 || rows.is_empty() {
         return;
     }

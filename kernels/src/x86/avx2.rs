@@ -338,11 +338,9 @@ pub(crate) unsafe fn matmul_int8<const K: u8, D: IntDot, const R: usize, const T
     x: &Q8Activations,
     out: &mut [f32],
 ) {
+    crate::dispatch::check_matmul_q8(w, &rows, x, out);
     let n = x.n();
     let m = rows.len();
-    assert!(rows.end <= w.rows(), "matmul: rows out of range");
-    assert_eq!(x.cols(), w.cols(), "matmul: x is not (n, cols)");
-    assert_eq!(out.len(), m * n, "matmul: out is not (rows, n)");
     let Some(wp) = QPlanes::of(w) else {
         return (SCALAR.matmul_q8_q8)(w, rows, x, out);
     };

@@ -349,13 +349,8 @@ fn matmul_s24<K: S24Neon>(
     let Some((blocks, scales)) = K::planes(w) else {
         panic!("matmul_q8: a 2:4 kernel got {} weights", w.ty());
     };
+    crate::dispatch::check_matmul_q8(w, &rows, x, out);
     let n = x.n();
-    assert!(
-        rows.start <= rows.end && rows.end <= w.rows(),
-        "matmul_q8: rows"
-    );
-    assert_eq!(x.cols(), w.cols(), "matmul_q8: x is not (n, cols)");
-    assert_eq!(out.len(), rows.len() * n, "matmul_q8: out is not (rows, n)");
     let nb = w.cols() / SK;
     let p = S24Planes { blocks, scales, nb };
     let mut r = rows.start;

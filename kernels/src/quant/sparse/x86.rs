@@ -604,11 +604,9 @@ fn s24_tiles(
     rows4: impl Fn(usize, usize) -> [f32; S24_ROWS],
     row1: impl Fn(usize, usize) -> f32,
 ) {
+    crate::dispatch::check_matmul_q8(w, &rows, x, out);
     let n = x.n();
     let nb = w.cols() / super::SK;
-    assert!(rows.end <= w.rows(), "matmul: rows out of range");
-    assert_eq!(x.cols(), w.cols(), "matmul: x is not (n, cols)");
-    assert_eq!(out.len(), rows.len() * n, "matmul: out is not (rows, n)");
     if n == 0 || rows.is_empty() || nb == 0 {
         out.fill(0.0);
         return;
