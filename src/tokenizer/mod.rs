@@ -23,6 +23,7 @@ mod bpe;
 mod byte_level;
 mod load;
 mod pretokenize;
+mod save;
 mod stream;
 mod unicode;
 mod vocab;
@@ -136,6 +137,15 @@ impl Tokenizer {
     /// encodes, decodes and answers every query exactly like this one.
     pub fn to_binary(&self) -> Vec<u8> {
         binary::to_binary(&self.inner)
+    }
+
+    /// This tokenizer as a Hugging Face `tokenizer.json` (what
+    /// [`Tokenizer::from_json_bytes`] reads back to the same tokenizer),
+    /// for writing a model from a GGUF or `.mllm` file as a Hugging Face
+    /// folder.
+    pub fn to_hf_json(&self) -> String {
+        // A `Value` of strings, numbers and lists always serializes.
+        serde_json::to_string(&save::to_json(&self.inner)).unwrap_or_default()
     }
 
     /// Reads the form [`Tokenizer::to_binary`] writes: a few bulk copies
