@@ -854,30 +854,33 @@ fn is_side_file(name: &str) -> bool {
         && name != crate::hf::INDEX_FILE
 }
 
-/// Writes the pruned model as a Hugging Face folder: the source folder's
-/// config, tokenizer and other JSON files copied, and every tensor (same
-/// names and shapes) in one `model.safetensors`, f32. The source must be
-/// a Hugging Face folder (its tokenizer and config files are what make
-/// the output loadable by `transformers`). `on_tensor(done, total, name)`
-/// reports progress.
+/// Writes the pruned model as a Hugging Face folder: every tensor (same
+/// names and shapes) in one `model.safetensors`, f32 (a quantized source's
+/// values dequantized), beside the config and tokenizer files. From a
+/// Hugging Face folder those are copied (with its other JSON files); from
+/// a GGUF or `.mllm` file they are written: `config.json`,
+/// `generation_config.json`, `tokenizer.json` ([`Tokenizer::to_hf_json`])
+/// and `tokenizer_config.json` (the chat template).
+/// `on_tensor(done, total, name)` reports progress.
+///
+/// [`Tokenizer::to_hf_json`]: crate::tokenizer::Tokenizer::to_hf_json
 pub fn write_hf_folder(
     parts: &ModelParts,
     out: &Path,
     mut on_tensor: impl FnMut(usize, usize, &str),
 ) -> Result<Vec<TensorSparsity>> {
-    if parts.format != SourceFormat::HfFolder {
-        return Err(Error::invalid(
-            "writing a Hugging Face folder needs a Hugging Face folder as SOURCE (its config and tokenizer files are copied); write a .mllm file instead",
-        ));
-    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let src = &parts.path;
-    for e in std::fs::read_dir(src).map_err(|e| Error::io(src, e))? {
-        let p = e.map_err(|e| Error::io(src, e))?.path();
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if p.is_file() && is_side_file(name) {
-            std::fs::copy(&p, out.join(name)).map_err(|e| Error::io(&p, e))?;
+    if parts.format == SourceFormat::HfFolder {
+        for e in std::fs::read_dir(src).map_err(|e| Error::io(src, e))? {
+            let p = e.map_err(|e| Error::io(src, e))?.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if p.is_file() && is_side_file(name) {
+                std::fs::copy(&p, out.join(name)).map_err(|e| Error::io(&p, e))?;
+            }
         }
+    } else {
+        write_side_files(parts, out)?;
     }
     let mut names = parts.tensors.names();
     names.sort();
@@ -930,6 +933,38 @@ pub fn write_hf_folder(
     drop(file);
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
     Ok(report)
+}
+
+/// The config and tokenizer files of a Hugging Face folder for a model
+/// read from a GGUF or `.mllm` file.
+fn write_side_files(parts: &ModelParts, out: &Path) -> Result<()> {
+    let cfg = &parts.config;
+    let tok = &parts.tokenizer;
+    let token = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).map(str::to_string);
+    let mut tokenizer_config = serde_json::json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": token(cfg.bos_token_id),
+        "eos_token": token(cfg.eos_token_ids.first().copied()),
+        "model_max_length": cfg.max_seq_len,
+        "clean_up_tokenization_spaces": false,
+    });
+    if let Some(t) = &parts.chat_template {
+        tokenizer_config["chat_template"] = serde_json::json!(t);
+    }
+    let json = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    for (name, text) in [
+        (crate::hf::CONFIG_FILE, json(&crate::hf::config_json(cfg))),
+        (
+            crate::hf::GENERATION_CONFIG_FILE,
+            json(&crate::hf::generation_config_json(cfg, &parts.generation)),
+        ),
+        (crate::hf::TOKENIZER_FILE, tok.to_hf_json()),
+        (crate::hf::TOKENIZER_CONFIG_FILE, json(&tokenizer_config)),
+    ] {
+        let path = out.join(name);
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
 }
 
 /// What [`write_mllm`] wrote.

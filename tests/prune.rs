@@ -371,3 +371,63 @@ fn load_time_pruning_of_a_quantized_file_keeps_its_type() {
     let _ = std::fs::remove_file(path);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// From a `.mllm` file (q8, tiny model with SmolLM2's tokenizer and chat
+/// template) and from a GGUF file (the tiny fixture, with a tokenizer and
+/// chat template of its own), a pruned Hugging Face folder
+/// is written with config and tokenizer files of its own, and reads back
+/// as the same model: config, tokenizer (every table), chat template,
+/// sampling defaults, and every tensor equal to the pruned source's f32
+/// values; and it runs.
+#[test]
+fn pruned_hf_folder_from_mllm_and_gguf_reads_back_the_same() {
+    let dir = common::tiny_llama_folder("prune-hf-any", |_| {});
+    let pid = std::process::id();
+    let mllm = std::env::temp_dir().join(format!("microllm-prune-hf-any-{pid}.mllm"));
+    let recipe = microllm::convert::recipe(TensorType::Q8, None, true, &[]);
+    microllm::convert::convert(&dir, &mllm, &recipe, |_, _, _| {}).unwrap();
+    let opts = PruneOptions {
+        sparsity: Some(0.5),
+        layers: LayerSpec::parse("mlp").unwrap(),
+        ..PruneOptions::default()
+    };
+    let gguf = common::root().join("fixtures/gguf/tiny-llama.gguf");
+    for (what, src) in [("mllm", mllm.clone()), ("gguf", gguf)] {
+        let out = std::env::temp_dir().join(format!("microllm-prune-hf-any-{what}-{pid}"));
+        let _ = std::fs::remove_dir_all(&out);
+        let pruned = source::open(&src)
+            .unwrap()
+            .pruned(opts.clone(), None)
+            .unwrap();
+        let report = prune::write_hf_folder(&pruned, &out, |_, _, _| {}).unwrap();
+        assert!(report.iter().any(|r| r.zeros > 0), "{what}: nothing pruned");
+        let back = source::open(&out).unwrap();
+        assert_eq!(back.format, source::SourceFormat::HfFolder);
+        assert_eq!(back.config, pruned.config, "{what}: config");
+        assert_eq!(
+            back.tokenizer.to_binary(),
+            pruned.tokenizer.to_binary(),
+            "{what}: tokenizer"
+        );
+        assert_eq!(back.chat_template, pruned.chat_template, "{what}");
+        assert!(back.chat_template.is_some(), "{what}: chat template");
+        assert_eq!(back.generation, pruned.generation, "{what}");
+        let mut names = back.tensors.names();
+        names.sort();
+        let mut want_names = pruned.tensors.names();
+        want_names.sort();
+        assert_eq!(names, want_names, "{what}");
+        for n in &names {
+            let got = back.tensors.load_f32(n).unwrap();
+            let want = pruned.tensors.load_f32(n).unwrap();
+            assert_eq!(got.shape(), want.shape(), "{what}: {n}");
+            assert!(got.data() == want.data(), "{what}: {n}");
+        }
+        let m = Model::load(&out).unwrap();
+        m.forward(&[1, 2, 3], &mut m.new_cache(8), Logits::Last)
+            .unwrap();
+        let _ = std::fs::remove_dir_all(out);
+    }
+    let _ = std::fs::remove_file(mllm);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -338,6 +338,88 @@ fn parse_rope_scaling(k: &Keys, untyped_is_default: bool) -> Result<Option<RopeS
     }
 }
 
+/// An f32 as the JSON number of its shortest decimal form (`1e-5`, not
+/// `9.99999974737875e-6`), which reads back as the same f32.
+fn f32_json(v: f32) -> Value {
+    format!("{v}")
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
+/// The `config.json` of a model with hyperparameters `cfg` (a Llama
+/// architecture, as [`parse_config`] reads it back), for writing a model
+/// from a GGUF or `.mllm` file as a Hugging Face folder.
+pub fn config_json(cfg: &ModelConfig) -> Value {
+    let rope_scaling = match &cfg.rope_scaling {
+        None => Value::Null,
+        Some(RopeScaling::Linear { factor }) => {
+            serde_json::json!({"rope_type": "linear", "factor": f32_json(*factor)})
+        }
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => serde_json::json!({
+            "rope_type": "llama3",
+            "factor": f32_json(*factor),
+            "low_freq_factor": f32_json(*low_freq_factor),
+            "high_freq_factor": f32_json(*high_freq_factor),
+            "original_max_position_embeddings": original_max_position_embeddings,
+        }),
+    };
+    serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": f32_json(cfg.rms_norm_eps),
+        "rope_theta": f32_json(cfg.rope_theta),
+        "rope_scaling": rope_scaling,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": match cfg.eos_token_ids.as_slice() {
+            [one] => serde_json::json!(one),
+            ids => serde_json::json!(ids),
+        },
+        "hidden_act": "silu",
+        "attention_bias": false,
+        "mlp_bias": false,
+        "torch_dtype": "float32",
+    })
+}
+
+/// The `generation_config.json` of a model: its end-of-sequence ids and
+/// the sampling defaults it suggests.
+pub fn generation_config_json(cfg: &ModelConfig, defaults: &GenerationDefaults) -> Value {
+    let mut g = Map::new();
+    g.insert("bos_token_id".into(), serde_json::json!(cfg.bos_token_id));
+    g.insert("eos_token_id".into(), serde_json::json!(cfg.eos_token_ids));
+    let opt = |v: Option<f32>| v.map(f32_json);
+    for (key, v) in [
+        ("temperature", opt(defaults.temperature)),
+        ("top_k", defaults.top_k.map(|k| serde_json::json!(k))),
+        ("top_p", opt(defaults.top_p)),
+        ("repetition_penalty", opt(defaults.repetition_penalty)),
+    ] {
+        if let Some(v) = v {
+            g.insert(key.into(), v);
+        }
+    }
+    if defaults.temperature.is_some_and(|t| t > 0.0) {
+        g.insert("do_sample".into(), Value::Bool(true));
+    }
+    Value::Object(g)
+}
+
 /// What `generation_config.json` contributes.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GenerationConfig {
@@ -477,6 +559,56 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse_config(text, p()).unwrap_err().to_string()
+    }
+
+    /// `config_json` reads back as the same hyperparameters, for SmolLM2's
+    /// and for variants with every rope scaling, no bos, several eos ids
+    /// and untied embeddings; its numbers are the short decimal forms.
+    #[test]
+    fn written_config_reads_back_the_same() {
+        let smol = parse_config(SMOL, p()).unwrap();
+        let mut variants = vec![smol.clone()];
+        let mut v = smol.clone();
+        v.rope_scaling = Some(RopeScaling::Linear { factor: 2.5 });
+        v.bos_token_id = None;
+        v.eos_token_ids = vec![2, 0];
+        variants.push(v);
+        let mut v = smol.clone();
+        v.rope_scaling = Some(RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        });
+        v.tie_word_embeddings = false;
+        v.rms_norm_eps = 1e-6;
+        variants.push(v);
+        for cfg in variants {
+            let text = serde_json::to_string(&config_json(&cfg)).unwrap();
+            assert_eq!(parse_config(&text, p()).unwrap(), cfg, "{text}");
+        }
+        let text = serde_json::to_string(&config_json(&smol)).unwrap();
+        assert!(text.contains("\"rms_norm_eps\":0.00001,"), "{text}");
+    }
+
+    #[test]
+    fn written_generation_config_reads_back_the_same() {
+        let cfg = parse_config(SMOL, p()).unwrap();
+        let path = Path::new("m/generation_config.json");
+        for defaults in [
+            GenerationDefaults::default(),
+            GenerationDefaults {
+                temperature: Some(0.2),
+                top_k: Some(50),
+                top_p: Some(0.9),
+                repetition_penalty: Some(1.1),
+            },
+        ] {
+            let text = serde_json::to_string(&generation_config_json(&cfg, &defaults)).unwrap();
+            let g = parse_generation_config(&text, path).unwrap();
+            assert_eq!(g.defaults, defaults, "{text}");
+            assert_eq!(g.eos_token_ids, cfg.eos_token_ids, "{text}");
+        }
     }
 
     #[test]

@@ -10,8 +10,8 @@ mod config;
 mod weights;
 
 pub use config::{
-    parse_config, parse_generation_config, parse_tokenizer_config, GenerationConfig,
-    TokenizerConfig,
+    config_json, generation_config_json, parse_config, parse_generation_config,
+    parse_tokenizer_config, GenerationConfig, TokenizerConfig,
 };
 pub use weights::{open_weights, HfWeights, INDEX_FILE, SINGLE_FILE};
 

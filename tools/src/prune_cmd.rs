@@ -15,8 +15,9 @@ pub struct PruneArgs {
     /// Source: a Hugging Face folder, a .gguf file or a .mllm file.
     source: PathBuf,
     /// Output: a .mllm file (pruned, then quantized by --quant), or any
-    /// other path for a Hugging Face folder (safetensors, f32; needs a
-    /// Hugging Face folder as SOURCE).
+    /// other path for a Hugging Face folder (safetensors, f32; from a GGUF
+    /// or .mllm SOURCE the config and tokenizer files are written, from a
+    /// folder they are copied).
     #[arg(long, short = 'o', required_unless_present = "report")]
     out: Option<PathBuf>,
     /// Fraction of the selected weights to remove, in [0, 1). Implied by an N:M pattern.
@@ -173,10 +174,6 @@ pub fn cmd_prune(a: PruneArgs) -> Result<()> {
     let output = a.out.as_deref().map(Output::from_path);
     let parts = source::open(&a.source)?;
     opts.check_model(&parts.config)?;
-    if matches!(output, Some(Output::HfFolder(_))) && parts.format != source::SourceFormat::HfFolder
-    {
-        bail!("a Hugging Face folder output needs a Hugging Face folder as SOURCE (its config and tokenizer files are copied); write a .mllm file instead (-o out.mllm)");
-    }
     let calib_text = a
         .calib
         .as_deref()

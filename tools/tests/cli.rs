@@ -649,13 +649,11 @@ fn prune_rejects_bad_options_before_any_work() {
     let dir = std::env::temp_dir().join(format!("microllm-cli-prune-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("out.mllm");
-    let hf_out = dir.join("hf");
     let short = dir.join("short.txt");
     std::fs::write(&short, "Only a few words of calibration text.").unwrap();
-    let (hf, g) = (hf_folder(), gguf());
-    let (hf, g, o, s) = (
+    let hf = hf_folder();
+    let (hf, o, s) = (
         hf.to_str().unwrap(),
-        g.to_str().unwrap(),
         out.to_str().unwrap(),
         short.to_str().unwrap(),
     );
@@ -705,10 +703,6 @@ fn prune_rejects_bad_options_before_any_work() {
             vec![hf, "-o", o, "--pattern", "2:4", "--sparsity", "0.3"],
             "contradicts",
         ),
-        (
-            vec![g, "-o", hf_out.to_str().unwrap(), "--sparsity", "0.5"],
-            "needs a Hugging Face folder as SOURCE",
-        ),
         (vec![hf, "-o", o], "needs --sparsity"),
     ];
     for (args, want) in cases {
@@ -727,6 +721,52 @@ fn prune_rejects_bad_options_before_any_work() {
         );
         assert!(!out.exists());
     }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// A GGUF source pruned to a Hugging Face folder: the folder gets config
+/// and tokenizer files of its own and loads and runs.
+#[test]
+fn prune_gguf_to_hf_folder_then_inspect_and_run() {
+    let dir = std::env::temp_dir().join(format!("microllm-cli-prune-hf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let src = repo().join("fixtures/gguf/tiny-llama.gguf");
+    let (ok, stdout, err) = microllm(&[
+        "prune",
+        src.to_str().unwrap(),
+        "-o",
+        dir.to_str().unwrap(),
+        "--sparsity",
+        "0.5",
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("achieved sparsity: 50.00%"), "{stdout}");
+    for f in [
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} is missing");
+    }
+    let (ok, stdout, err) = microllm(&["inspect", dir.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("(HfFolder)") && stdout.contains("chat template: yes"),
+        "{stdout}"
+    );
+    let (ok, stdout, err) = microllm(&[
+        "run",
+        dir.to_str().unwrap(),
+        "-p",
+        "hi",
+        "-n",
+        "3",
+        "--ignore-eos",
+    ]);
+    assert!(ok, "{err}");
+    assert!(!stdout.trim().is_empty());
     std::fs::remove_dir_all(dir).ok();
 }
 
