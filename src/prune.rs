@@ -861,12 +861,14 @@ fn is_side_file(name: &str) -> bool {
 /// a GGUF or `.mllm` file they are written: `config.json`,
 /// `generation_config.json`, `tokenizer.json` ([`Tokenizer::to_hf_json`])
 /// and `tokenizer_config.json` (the chat template).
-/// `on_tensor(done, total, name)` reports progress.
+/// `opts` are the options `parts` were pruned with (the report marks the
+/// tensors they select). `on_tensor(done, total, name)` reports progress.
 ///
 /// [`Tokenizer::to_hf_json`]: crate::tokenizer::Tokenizer::to_hf_json
 pub fn write_hf_folder(
     parts: &ModelParts,
     out: &Path,
+    opts: &PruneOptions,
     mut on_tensor: impl FnMut(usize, usize, &str),
 ) -> Result<Vec<TensorSparsity>> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -917,7 +919,7 @@ pub fn write_hf_folder(
     let mut report = Vec::new();
     for (i, n) in names.iter().enumerate() {
         let t = parts.tensors.load_f32(n)?;
-        let pruned = parse_proj_name(n).is_some();
+        let pruned = parse_proj_name(n).is_some_and(|(l, p)| opts.layers.selects(l, p));
         let mut buf = Vec::with_capacity(t.numel() * 4);
         for v in t.data() {
             buf.extend_from_slice(&v.to_le_bytes());

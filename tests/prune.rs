@@ -243,7 +243,7 @@ fn pruned_hf_folder_loads_back_with_the_same_tensors() {
         .unwrap()
         .pruned(opts.clone(), None)
         .unwrap();
-    let report = prune::write_hf_folder(&pruned, &out, |_, _, _| {}).unwrap();
+    let report = prune::write_hf_folder(&pruned, &out, &opts, |_, _, _| {}).unwrap();
     let original = source::open(&dir).unwrap();
     let back = source::open(&out).unwrap();
     assert_eq!(back.config, original.config);
@@ -269,12 +269,15 @@ fn pruned_hf_folder_loads_back_with_the_same_tensors() {
         }
         assert_eq!(got.data(), &want[..], "{n}");
     }
-    // Only the MLP of layer 1 was pruned.
+    // Only the MLP of layer 1 was pruned, and the report says so.
     for r in &report {
         let selected =
             prune::parse_proj_name(&r.name).is_some_and(|(l, p)| opts.layers.selects(l, p));
         assert_eq!(r.zeros > 0, selected, "{}", r.name);
+        assert_eq!(r.pruned, selected, "{}", r.name);
     }
+    let (of_pruned, _) = prune::overall(&report);
+    assert!((of_pruned - 0.3).abs() < 0.01, "{of_pruned}");
     // And the folder runs.
     let m = Model::load(&out).unwrap();
     m.forward(&[1, 2, 3], &mut m.new_cache(8), Logits::Last)
@@ -399,7 +402,7 @@ fn pruned_hf_folder_from_mllm_and_gguf_reads_back_the_same() {
             .unwrap()
             .pruned(opts.clone(), None)
             .unwrap();
-        let report = prune::write_hf_folder(&pruned, &out, |_, _, _| {}).unwrap();
+        let report = prune::write_hf_folder(&pruned, &out, &opts, |_, _, _| {}).unwrap();
         assert!(report.iter().any(|r| r.zeros > 0), "{what}: nothing pruned");
         let back = source::open(&out).unwrap();
         assert_eq!(back.format, source::SourceFormat::HfFolder);

@@ -244,7 +244,7 @@ pub fn cmd_prune(a: PruneArgs) -> Result<()> {
         };
         match out {
             Output::HfFolder(dir) => {
-                let rows = prune::write_hf_folder(&parts, dir, progress)?;
+                let rows = prune::write_hf_folder(&parts, dir, &opts, progress)?;
                 b.finish_and_clear();
                 print_sparsity(&rows, a.verbose);
                 println!(
