@@ -338,7 +338,7 @@ fn parse_rope_scaling(k: &Keys, untyped_is_default: bool) -> Result<Option<RopeS
     }
 }
 
-/// An f32 as the JSON number of its shortest decimal form (`1e-5`, not
+/// An f32 as the JSON number of its shortest decimal form (`0.00001`, not
 /// `9.99999974737875e-6`), which reads back as the same f32.
 fn f32_json(v: f32) -> Value {
     format!("{v}")
