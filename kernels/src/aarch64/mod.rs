@@ -18,6 +18,8 @@ pub fn neon_available() -> bool {
         && std::arch::is_aarch64_feature_detected!("dotprod")
 }
 
+use crate::quant::sparse::neon as s24;
+
 /// The NEON tier. Crate-private: its entries are safe functions that run
 /// `neon,dotprod` code, so only [`crate::dispatch`] hands the table out,
 /// and only after [`neon_available`] returned true.
@@ -27,8 +29,8 @@ pub(crate) static NEON: Kernels = Kernels {
     matmul_q8_q8: neon::matmul_q8_q8,
     matmul_q4_q8: neon::matmul_q4_q8,
     matmul_q4m_q8: neon::matmul_q4m_q8,
-    matmul_q4s24_q8: Some(crate::quant::sparse::neon::matmul_q4s24_q8),
-    matmul_q8s24_q8: Some(crate::quant::sparse::neon::matmul_q8s24_q8),
+    matmul_q4s24_q8: Some(s24::matmul_s24::<s24::Q4S24Neon>),
+    matmul_q8s24_q8: Some(s24::matmul_s24::<s24::Q8S24Neon>),
     prepare_q8: crate::dispatch::no_prepare_q8,
     matmul_f32: neon::matmul_f32,
     matmul_f32_cols: None,

@@ -49,12 +49,12 @@
 //!   scalar references; both types have a SIMD matrix kernel (the table
 //!   entries `Kernels::matmul_q4s24_q8` and `Kernels::matmul_q8s24_q8`)
 //!   on AVX-512 with VBMI and GFNI (`x86::matmul_s24_q8`, one step loop
-//!   for both), on AVX2 (`x86::matmul_s24_q8_v2`) and on NEON with
-//!   dotprod (`neon::matmul_q4s24_q8`, `neon::matmul_q8s24_q8`), which
+//!   for both), on AVX2 (`x86::matmul_s24_q8_avx2`) and on NEON with
+//!   dotprod (`neon::matmul_s24`), which
 //!   decode the codes or positions and gather the activations in
 //!   registers (`vpermi2b`, `vpshufb`, `tbl`).
 
-use super::{q4, q8, sum8, BlockQ4, BlockQ8, Q8Row, QuantError, QK};
+use super::{q4, q8, sum8, BlockQ4, BlockQ8, Planes, Q8Row, QuantError, WeightsRef, QK};
 pub use crate::dispatch::Isa;
 use half::f16;
 
@@ -108,6 +108,45 @@ pub static CODE_PAIR_POS: [u8; 64] = {
     }
     t
 };
+
+/// [`PAIRS`] as one 16-byte lookup table indexed by `code + 8·parity`:
+/// the first positions of the 8 codes, then their second positions (what
+/// the NEON and AVX2 int8 kernels look a group's code up in, `tbl` or
+/// `vpshufb`).
+pub(crate) const PAIR_POS: [u8; 16] = {
+    let mut t = [0u8; 16];
+    let mut c = 0;
+    while c < 8 {
+        t[c] = PAIRS[c].0;
+        t[8 + c] = PAIRS[c].1;
+        c += 1;
+    }
+    t
+};
+
+/// A 2:4 block type as the SIMD kernels find it in a matrix.
+pub(crate) trait SparseBlock: Sized {
+    /// The blocks and scales planes of `w`, when it holds this type.
+    fn planes<'a>(w: &WeightsRef<'a>) -> Option<(&'a [Self], &'a [f16])>;
+}
+
+impl SparseBlock for BlockQ4S24 {
+    fn planes<'a>(w: &WeightsRef<'a>) -> Option<(&'a [Self], &'a [f16])> {
+        match w.planes() {
+            Planes::Q4S24 { blocks, scales } => Some((blocks, scales)),
+            _ => None,
+        }
+    }
+}
+
+impl SparseBlock for BlockQ8S24 {
+    fn planes<'a>(w: &WeightsRef<'a>) -> Option<(&'a [Self], &'a [f16])> {
+        match w.planes() {
+            Planes::Q8S24 { blocks, scales } => Some((blocks, scales)),
+            _ => None,
+        }
+    }
+}
 
 /// A `q8s24` block: 32 kept int8 quants and their 2-bit positions.
 #[repr(C)]

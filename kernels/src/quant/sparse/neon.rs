@@ -6,7 +6,7 @@
 //! the 4 activations at the kept positions from the 32 bytes of the 8
 //! inputs. Callers check the lengths and the CPU feature.
 
-use super::{BlockQ4S24, BlockQ8S24, PAIRS, SK};
+use super::{BlockQ4S24, BlockQ8S24, SK};
 use half::f16;
 use std::arch::aarch64::*;
 
@@ -137,12 +137,12 @@ pub unsafe fn dot_q8s24_neon(blocks: &[BlockQ8S24], scales: &[f16], x: &[f32]) -
 // code per group at bit `3g` of its first 6 bytes: one `tbl` copies the two
 // bytes holding code `g` to 16-bit lane `g`, a per-lane `ushl` brings the
 // code down, `sli` doubles it into both bytes (kept values `2g`, `2g + 1`),
-// one `bsl` writes `8·parity` above it, and a `tbl` of [`PAIRS`] turns
+// one `bsl` writes `8·parity` above it, and a `tbl` of [`super::PAIR_POS`] turns
 // `code + 8·parity` into the position.
 // ---------------------------------------------------------------------------
 
 use crate::aarch64::{gather_f16, sdot};
-use crate::quant::{Planes, Q8Activations, Q8Row, WeightsRef};
+use crate::quant::{Q8Activations, Q8Row, WeightsRef};
 use std::ops::Range;
 
 /// Rows per tile: each activation load serves four rows.
@@ -152,18 +152,19 @@ const S24_ROWS: usize = 4;
 const GROUP_BASE: [u8; 16] = [0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28];
 
 /// A 2:4 block type as [`s24_tile`] takes it.
-trait S24Neon {
-    type Block;
+pub(crate) trait S24Neon {
+    type Block: super::SparseBlock;
     /// The 32 kept weights as int8, halves 0 (kept 0..15) and 1 (16..31).
     unsafe fn weights(b: *const Self::Block) -> [int8x16_t; 2];
     /// The `tbl` indices (0..32, within the half's inputs) of the 16 kept
     /// values of each half.
     unsafe fn indices(b: *const Self::Block) -> [uint8x16_t; 2];
-    fn planes(w: &WeightsRef<'_>) -> Option<(*const Self::Block, *const f16)>;
 }
 
-struct Q4S24Neon;
-struct Q8S24Neon;
+/// `q4s24` for [`matmul_s24`].
+pub(crate) struct Q4S24Neon;
+/// `q8s24` for [`matmul_s24`].
+pub(crate) struct Q8S24Neon;
 
 impl S24Neon for Q8S24Neon {
     type Block = BlockQ8S24;
@@ -193,13 +194,6 @@ impl S24Neon for Q8S24Neon {
             vbslq_u8(three, x, base)
         })
     }
-
-    fn planes(w: &WeightsRef<'_>) -> Option<(*const BlockQ8S24, *const f16)> {
-        match w.planes() {
-            Planes::Q8S24 { blocks, scales } => Some((blocks.as_ptr(), scales.as_ptr())),
-            _ => None,
-        }
-    }
 }
 
 /// Code `g` of a `q4s24` block lies at bit `3g`: byte `3g / 8`, shift
@@ -216,19 +210,6 @@ const fn code_bytes(h: usize) -> ([u8; 16], [i16; 8]) {
     }
     (sel, shift)
 }
-
-/// `code + 8·parity` → position: [`PAIRS`]' first positions, then its
-/// second ones.
-const CODE_POS: [u8; 16] = {
-    let mut t = [0u8; 16];
-    let mut c = 0;
-    while c < 8 {
-        t[c] = PAIRS[c].0;
-        t[8 + c] = PAIRS[c].1;
-        c += 1;
-    }
-    t
-};
 
 impl S24Neon for Q4S24Neon {
     type Block = BlockQ4S24;
@@ -252,7 +233,7 @@ impl S24Neon for Q4S24Neon {
         let (seven, base, table) = (
             vdupq_n_u8(7),
             vld1q_u8(GROUP_BASE.as_ptr()),
-            vld1q_u8(CODE_POS.as_ptr()),
+            vld1q_u8(super::PAIR_POS.as_ptr()),
         );
         // 8·parity: 0 in the low byte of each 16-bit lane, 8 in the high one.
         let parity = vreinterpretq_u8_u16(vdupq_n_u16(0x0800));
@@ -263,13 +244,6 @@ impl S24Neon for Q4S24Neon {
             let pos = vqtbl1q_u8(table, vbslq_u8(seven, both, parity));
             vorrq_u8(pos, base)
         })
-    }
-
-    fn planes(w: &WeightsRef<'_>) -> Option<(*const BlockQ4S24, *const f16)> {
-        match w.planes() {
-            Planes::Q4S24 { blocks, scales } => Some((blocks.as_ptr(), scales.as_ptr())),
-            _ => None,
-        }
     }
 }
 
@@ -339,16 +313,20 @@ unsafe fn s24_tile<K: S24Neon, const R: usize>(
 }
 
 /// 2:4 weights of kind `K` × int8 activations: rows `rows` of `w` against
-/// every token of `x` (`out (rows, n)`), in tiles of four rows.
-fn matmul_s24<K: S24Neon>(
+/// every token of `x` (`out (rows, n)`), in tiles of four rows. The NEON
+/// table's `matmul_q4s24_q8` ([`Q4S24Neon`]) and `matmul_q8s24_q8`
+/// ([`Q8S24Neon`]).
+pub(crate) fn matmul_s24<K: S24Neon>(
     w: &WeightsRef<'_>,
     rows: Range<usize>,
     x: &Q8Activations,
     out: &mut [f32],
 ) {
-    let Some((blocks, scales)) = K::planes(w) else {
+    use super::SparseBlock;
+    let Some((blocks, scales)) = K::Block::planes(w) else {
         panic!("matmul_q8: a 2:4 kernel got {} weights", w.ty());
     };
+    let (blocks, scales) = (blocks.as_ptr(), scales.as_ptr());
     crate::dispatch::check_matmul_q8(w, &rows, x, out);
     let n = x.n();
     let nb = w.cols() / SK;
@@ -379,24 +357,4 @@ fn matmul_s24<K: S24Neon>(
         }
         r += tile;
     }
-}
-
-/// `Kernels::matmul_q4s24_q8` of the NEON tier.
-pub(crate) fn matmul_q4s24_q8(
-    w: &WeightsRef<'_>,
-    rows: Range<usize>,
-    x: &Q8Activations,
-    out: &mut [f32],
-) {
-    matmul_s24::<Q4S24Neon>(w, rows, x, out);
-}
-
-/// `Kernels::matmul_q8s24_q8` of the NEON tier.
-pub(crate) fn matmul_q8s24_q8(
-    w: &WeightsRef<'_>,
-    rows: Range<usize>,
-    x: &Q8Activations,
-    out: &mut [f32],
-) {
-    matmul_s24::<Q8S24Neon>(w, rows, x, out);
 }

@@ -225,7 +225,7 @@ pub unsafe fn dot_q8s24_avx512(blocks: &[BlockQ8S24], scales: &[f16], x: &[f32])
 // them), whose offset `128·Σq` a second `vpdpbusd` removes.
 // ---------------------------------------------------------------------------
 
-use crate::quant::{Planes, Q8Activations, WeightsRef, QK};
+use crate::quant::{Q8Activations, WeightsRef, QK};
 use std::ops::Range;
 
 /// The layout-cache slot of [`PrepS24`] (the dense 512-bit kernels use 0-2).
@@ -289,7 +289,7 @@ pub(crate) fn prepare_s24_q8(x: &Q8Activations) {
 
 /// A 2:4 block type as the step loop of [`s24_rows`] takes it.
 pub(crate) trait S24Kind {
-    type Block;
+    type Block: super::SparseBlock;
     /// The kernel's constant registers.
     type Consts;
     unsafe fn consts() -> Self::Consts;
@@ -304,8 +304,6 @@ pub(crate) trait S24Kind {
         two: bool,
         a: &[__m512i; 2],
     ) -> __m512i;
-    /// The blocks and scales planes of `w`, when it has this type.
-    fn planes(w: &WeightsRef<'_>) -> Option<(*const Self::Block, *const u16)>;
 }
 
 /// Output byte `j` of a step register: block `b = (j / 16) % 2`, kept
@@ -418,15 +416,6 @@ impl S24Kind for Q4S24Kind {
         let ex = _mm512_dpbusd_epi32(z, _mm512_set1_epi8(8), x);
         _mm512_sub_epi32(wx, ex)
     }
-
-    fn planes(w: &WeightsRef<'_>) -> Option<(*const BlockQ4S24, *const u16)> {
-        match w.planes() {
-            Planes::Q4S24 { blocks, scales } => {
-                Some((blocks.as_ptr(), scales.as_ptr() as *const u16))
-            }
-            _ => None,
-        }
-    }
 }
 
 /// `q8s24`: int8 quants and 2-bit positions.
@@ -500,15 +489,6 @@ impl S24Kind for Q8S24Kind {
         let off = _mm512_dpbusd_epi32(z, _mm512_set1_epi8(-128), w);
         _mm512_sub_epi32(wx, off)
     }
-
-    fn planes(w: &WeightsRef<'_>) -> Option<(*const BlockQ8S24, *const u16)> {
-        match w.planes() {
-            Planes::Q8S24 { blocks, scales } => {
-                Some((blocks.as_ptr(), scales.as_ptr() as *const u16))
-            }
-            _ => None,
-        }
-    }
 }
 
 /// Rows `r..r + R` of a 2:4 matrix against token `t`.
@@ -569,9 +549,7 @@ unsafe fn matmul_s24_q8_avx512<K: S24Kind>(
     x: &Q8Activations,
     out: &mut [f32],
 ) {
-    let Some((bp, sp)) = K::planes(w) else {
-        panic!("matmul_q8: a 2:4 kernel got {} weights", w.ty());
-    };
+    let (bp, sp) = s24_planes::<K::Block>(w);
     // SAFETY (of the unchecked reads in `s24_rows`): `WeightsRef::new`
     // checked that the planes hold `rows() · nb` blocks and scales; a step
     // reads blocks `r·nb + 2s` and, when it is in the row, `+ 1`, of rows
@@ -588,6 +566,14 @@ unsafe fn matmul_s24_q8_avx512<K: S24Kind>(
         |r, t| s24_rows::<K, S24_ROWS>(&k, bp, sp, w.cols() / super::SK, p, r, t),
         |r, t| s24_rows::<K, 1>(&k, bp, sp, w.cols() / super::SK, p, r, t)[0],
     );
+}
+
+/// The blocks and scales (as f16 bits) of `w`, which must hold `B`.
+fn s24_planes<B: super::SparseBlock>(w: &WeightsRef<'_>) -> (*const B, *const u16) {
+    match B::planes(w) {
+        Some((b, s)) => (b.as_ptr(), s.as_ptr() as *const u16),
+        None => panic!("matmul_q8: a 2:4 kernel got {} weights", w.ty()),
+    }
 }
 
 /// What the 2:4 int8 kernels share: the shape checks, and the walk over
@@ -697,7 +683,7 @@ use crate::quant::Q8Row;
 
 /// A 2:4 block type as the AVX2 step of [`s24_rows_avx2`] takes it.
 pub(crate) trait S24Avx2 {
-    type Block;
+    type Block: super::SparseBlock;
     /// The kernel's constant registers.
     type Consts;
     unsafe fn consts() -> Self::Consts;
@@ -707,7 +693,6 @@ pub(crate) trait S24Avx2 {
     /// `Σ w·x` over each dword's 4 bytes, for weights `w` from
     /// [`S24Avx2::load`] and activations `x` gathered by its indices.
     unsafe fn dot(w: __m256i, x: __m256i) -> __m256i;
-    fn planes(w: &WeightsRef<'_>) -> Option<(*const Self::Block, *const u16)>;
 }
 
 /// The 16 bytes of a 16-byte-lane table, as both lanes of a register.
@@ -778,10 +763,6 @@ impl S24Avx2 for Q8S24Avx2 {
         let p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
         _mm256_madd_epi16(p, _mm256_set1_epi16(1))
     }
-
-    fn planes(w: &WeightsRef<'_>) -> Option<(*const BlockQ8S24, *const u16)> {
-        Q8S24Kind::planes(w)
-    }
 }
 
 /// The `q4s24` constants of the AVX2 step.
@@ -794,7 +775,7 @@ pub(crate) struct Q4S24Avx2Consts {
     dup: __m256i,
     /// `8·parity`: 0 in the low byte of each word, 8 in the high one.
     parity: __m256i,
-    /// `code + 8·parity` → position ([`super::PAIRS`]).
+    /// `code + 8·parity` → position ([`super::PAIR_POS`]).
     pos: __m256i,
     /// `4·(group % 4)`.
     base: __m256i,
@@ -811,7 +792,7 @@ impl S24Avx2 for Q4S24Avx2 {
     #[inline(always)]
     unsafe fn consts() -> Q4S24Avx2Consts {
         let (mut sel, mut lift) = ([[0u8; 16]; 2], [0i16; 16]);
-        let (mut base, mut dup, mut pos) = ([0u8; 16], [0u8; 16], [0u8; 16]);
+        let (mut base, mut dup) = ([0u8; 16], [0u8; 16]);
         for m in 0..8 {
             for (lane, s) in sel.iter_mut().enumerate() {
                 let bit = 3 * (8 * lane + m);
@@ -824,16 +805,12 @@ impl S24Avx2 for Q4S24Avx2 {
             dup[2 * m] = (2 * m + 1) as u8;
             dup[2 * m + 1] = (2 * m + 1) as u8;
         }
-        for (c, &(p0, p1)) in super::PAIRS.iter().enumerate() {
-            pos[c] = p0;
-            pos[8 + c] = p1;
-        }
         Q4S24Avx2Consts {
             sel: _mm256_loadu_si256(sel.as_ptr() as *const __m256i),
             lift: _mm256_loadu_si256(lift.as_ptr() as *const __m256i),
             dup: lanes16(&dup),
             parity: _mm256_set1_epi16(0x0800),
-            pos: lanes16(&pos),
+            pos: lanes16(&super::PAIR_POS),
             base: lanes16(&base),
             nibble: _mm256_setr_epi64x(0, 0, 4, 4),
         }
@@ -860,10 +837,6 @@ impl S24Avx2 for Q4S24Avx2 {
             _mm256_maddubs_epi16(_mm256_set1_epi8(8), x),
         );
         _mm256_madd_epi16(p, _mm256_set1_epi16(1))
-    }
-
-    fn planes(w: &WeightsRef<'_>) -> Option<(*const BlockQ4S24, *const u16)> {
-        Q4S24Kind::planes(w)
     }
 }
 
@@ -925,15 +898,13 @@ unsafe fn s24_rows_avx2<K: S24Avx2, const R: usize>(
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn matmul_s24_q8_avx2<K: S24Avx2>(
+unsafe fn s24_q8_avx2<K: S24Avx2>(
     w: &WeightsRef<'_>,
     rows: Range<usize>,
     x: &Q8Activations,
     out: &mut [f32],
 ) {
-    let Some((bp, sp)) = K::planes(w) else {
-        panic!("matmul_q8: a 2:4 kernel got {} weights", w.ty());
-    };
+    let (bp, sp) = s24_planes::<K::Block>(w);
     // SAFETY (of the unchecked reads in `s24_rows_avx2`): `WeightsRef::new`
     // checked that the planes hold `rows() · nb` blocks and scales, and the
     // rows read are below `rows.end ≤ rows()` (checked by `s24_tiles`);
@@ -953,7 +924,7 @@ unsafe fn matmul_s24_q8_avx2<K: S24Avx2>(
 
 /// The AVX2 table entries (`Kernels::matmul_q4s24_q8` with [`Q4S24Avx2`],
 /// `Kernels::matmul_q8s24_q8` with [`Q8S24Avx2`]).
-pub(crate) fn matmul_s24_q8_v2<K: S24Avx2>(
+pub(crate) fn matmul_s24_q8_avx2<K: S24Avx2>(
     w: &WeightsRef<'_>,
     rows: Range<usize>,
     x: &Q8Activations,
@@ -961,5 +932,5 @@ pub(crate) fn matmul_s24_q8_v2<K: S24Avx2>(
 ) {
     // SAFETY: only reachable through the AVX2 and later tables, which
     // `crate::dispatch` hands out after checking AVX2, FMA and F16C.
-    unsafe { matmul_s24_q8_avx2::<K>(w, rows, x, out) }
+    unsafe { s24_q8_avx2::<K>(w, rows, x, out) }
 }
