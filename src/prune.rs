@@ -848,6 +848,92 @@ pub fn overall(tensors: &[TensorSparsity]) -> (f64, f64) {
     (pz as f64 / pn.max(1) as f64, az as f64 / an.max(1) as f64)
 }
 
+/// Element type of the tensors of a Hugging Face folder written by
+/// [`write_hf_folder`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FolderDtype {
+    /// Holds any source's values exactly (a quantized source dequantized).
+    F32,
+    /// Half the size; rounds to nearest.
+    F16,
+    /// Half the size; rounds to nearest (what most checkpoints on the hub
+    /// are, so exact for them).
+    BF16,
+}
+
+impl FolderDtype {
+    /// `f32`, `f16`, `bf16`, or `auto` (`None`: [`FolderDtype::of_source`]).
+    pub fn parse(s: &str) -> Result<Option<FolderDtype>> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(None),
+            "f32" | "float32" => Ok(Some(FolderDtype::F32)),
+            "f16" | "float16" => Ok(Some(FolderDtype::F16)),
+            "bf16" | "bfloat16" => Ok(Some(FolderDtype::BF16)),
+            _ => Err(Error::invalid(format!(
+                "unknown folder dtype '{s}' (expected auto, f32, f16 or bf16)"
+            ))),
+        }
+    }
+
+    /// The source's own type for a Hugging Face folder whose token
+    /// embedding is F16 or BF16 (a pruned copy the size of the original),
+    /// else F32 (GGUF and `.mllm` sources are quantized: f32 holds their
+    /// values exactly).
+    pub fn of_source(parts: &ModelParts) -> Result<FolderDtype> {
+        if parts.format != SourceFormat::HfFolder {
+            return Ok(FolderDtype::F32);
+        }
+        let w = crate::hf::open_weights(&parts.path)?;
+        let name = "model.embed_tokens.weight";
+        let dtype = w.file_of(name).and_then(|f| f.get(name)).map(|t| t.dtype);
+        Ok(match dtype {
+            Some(crate::safetensors::Dtype::F16) => FolderDtype::F16,
+            Some(crate::safetensors::Dtype::BF16) => FolderDtype::BF16,
+            _ => FolderDtype::F32,
+        })
+    }
+
+    /// The safetensors header's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FolderDtype::F32 => "F32",
+            FolderDtype::F16 => "F16",
+            FolderDtype::BF16 => "BF16",
+        }
+    }
+
+    /// config.json's `torch_dtype`.
+    fn torch(self) -> &'static str {
+        match self {
+            FolderDtype::F32 => "float32",
+            FolderDtype::F16 => "float16",
+            FolderDtype::BF16 => "bfloat16",
+        }
+    }
+
+    fn size(self) -> usize {
+        match self {
+            FolderDtype::F32 => 4,
+            FolderDtype::F16 | FolderDtype::BF16 => 2,
+        }
+    }
+
+    /// Appends `v` as little-endian values of this type.
+    fn extend(self, buf: &mut Vec<u8>, v: &[f32]) {
+        match self {
+            FolderDtype::F32 => v
+                .iter()
+                .for_each(|x| buf.extend_from_slice(&x.to_le_bytes())),
+            FolderDtype::F16 => v
+                .iter()
+                .for_each(|x| buf.extend_from_slice(&half::f16::from_f32(*x).to_le_bytes())),
+            FolderDtype::BF16 => v
+                .iter()
+                .for_each(|x| buf.extend_from_slice(&half::bf16::from_f32(*x).to_le_bytes())),
+        }
+    }
+}
+
 /// Files of a Hugging Face folder copied unchanged into a pruned one.
 fn is_side_file(name: &str) -> bool {
     (name.ends_with(".json") || name.ends_with(".jinja") || name.ends_with(".txt"))
@@ -855,8 +941,9 @@ fn is_side_file(name: &str) -> bool {
 }
 
 /// Writes the pruned model as a Hugging Face folder: every tensor (same
-/// names and shapes) in one `model.safetensors`, f32 (a quantized source's
-/// values dequantized), beside the config and tokenizer files. From a
+/// names and shapes) in one `model.safetensors` of type `dtype` (a
+/// quantized source's values dequantized), beside the config and
+/// tokenizer files. From a
 /// Hugging Face folder those are copied (with its other JSON files); from
 /// a GGUF or `.mllm` file they are written: `config.json`,
 /// `generation_config.json`, `tokenizer.json` ([`Tokenizer::to_hf_json`])
@@ -869,6 +956,7 @@ pub fn write_hf_folder(
     parts: &ModelParts,
     out: &Path,
     opts: &PruneOptions,
+    dtype: FolderDtype,
     mut on_tensor: impl FnMut(usize, usize, &str),
 ) -> Result<Vec<TensorSparsity>> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -882,7 +970,7 @@ pub fn write_hf_folder(
             }
         }
     } else {
-        write_side_files(parts, out)?;
+        write_side_files(parts, out, dtype)?;
     }
     let mut names = parts.tensors.names();
     names.sort();
@@ -898,10 +986,10 @@ pub fn write_hf_folder(
             .tensors
             .shape(n)
             .ok_or_else(|| Error::format(src, format!("no shape for '{n}'")))?;
-        let bytes = shape.iter().product::<usize>() * 4;
+        let bytes = shape.iter().product::<usize>() * dtype.size();
         header.insert(
             n.clone(),
-            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+            serde_json::json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [offset, offset + bytes]}),
         );
         offset += bytes;
     }
@@ -920,10 +1008,8 @@ pub fn write_hf_folder(
     for (i, n) in names.iter().enumerate() {
         let t = parts.tensors.load_f32(n)?;
         let pruned = parse_proj_name(n).is_some_and(|(l, p)| opts.layers.selects(l, p));
-        let mut buf = Vec::with_capacity(t.numel() * 4);
-        for v in t.data() {
-            buf.extend_from_slice(&v.to_le_bytes());
-        }
+        let mut buf = Vec::with_capacity(t.numel() * dtype.size());
+        dtype.extend(&mut buf, t.data());
         w.write_all(&buf).map_err(io)?;
         report.push(TensorSparsity::of(n, &t, pruned));
         on_tensor(i + 1, names.len(), n);
@@ -939,7 +1025,7 @@ pub fn write_hf_folder(
 
 /// The config and tokenizer files of a Hugging Face folder for a model
 /// read from a GGUF or `.mllm` file.
-fn write_side_files(parts: &ModelParts, out: &Path) -> Result<()> {
+fn write_side_files(parts: &ModelParts, out: &Path, dtype: FolderDtype) -> Result<()> {
     let cfg = &parts.config;
     let tok = &parts.tokenizer;
     let token = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).map(str::to_string);
@@ -954,8 +1040,10 @@ fn write_side_files(parts: &ModelParts, out: &Path) -> Result<()> {
         tokenizer_config["chat_template"] = serde_json::json!(t);
     }
     let json = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let mut config = crate::hf::config_json(cfg);
+    config["torch_dtype"] = serde_json::json!(dtype.torch());
     for (name, text) in [
-        (crate::hf::CONFIG_FILE, json(&crate::hf::config_json(cfg))),
+        (crate::hf::CONFIG_FILE, json(&config)),
         (
             crate::hf::GENERATION_CONFIG_FILE,
             json(&crate::hf::generation_config_json(cfg, &parts.generation)),

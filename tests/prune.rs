@@ -6,8 +6,8 @@ mod common;
 
 use microllm::format::TensorType;
 use microllm::prune::{
-    self, calibration_tokens, collect_norms, mask, prune_matrix, scores, LayerSpec, Method,
-    Pattern, PruneOptions, Scope,
+    self, calibration_tokens, collect_norms, mask, prune_matrix, scores, FolderDtype, LayerSpec,
+    Method, Pattern, PruneOptions, Scope,
 };
 use microllm::source;
 use microllm::{Logits, Model, Proj};
@@ -243,7 +243,8 @@ fn pruned_hf_folder_loads_back_with_the_same_tensors() {
         .unwrap()
         .pruned(opts.clone(), None)
         .unwrap();
-    let report = prune::write_hf_folder(&pruned, &out, &opts, |_, _, _| {}).unwrap();
+    let report =
+        prune::write_hf_folder(&pruned, &out, &opts, FolderDtype::F32, |_, _, _| {}).unwrap();
     let original = source::open(&dir).unwrap();
     let back = source::open(&out).unwrap();
     assert_eq!(back.config, original.config);
@@ -402,7 +403,8 @@ fn pruned_hf_folder_from_mllm_and_gguf_reads_back_the_same() {
             .unwrap()
             .pruned(opts.clone(), None)
             .unwrap();
-        let report = prune::write_hf_folder(&pruned, &out, &opts, |_, _, _| {}).unwrap();
+        let report =
+            prune::write_hf_folder(&pruned, &out, &opts, FolderDtype::F32, |_, _, _| {}).unwrap();
         assert!(report.iter().any(|r| r.zeros > 0), "{what}: nothing pruned");
         let back = source::open(&out).unwrap();
         assert_eq!(back.format, source::SourceFormat::HfFolder);
@@ -432,5 +434,77 @@ fn pruned_hf_folder_from_mllm_and_gguf_reads_back_the_same() {
         let _ = std::fs::remove_dir_all(out);
     }
     let _ = std::fs::remove_file(mllm);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The element type of every tensor in a folder's `model.safetensors`.
+fn folder_dtypes(dir: &std::path::Path) -> Vec<&'static str> {
+    let f = microllm::safetensors::SafetensorsFile::open(&dir.join("model.safetensors")).unwrap();
+    let mut d: Vec<_> = f.tensors().iter().map(|t| t.dtype.name()).collect();
+    d.dedup();
+    d
+}
+
+#[test]
+fn pruned_hf_folder_in_f16_or_bf16_rounds_each_value_and_auto_keeps_the_sources_type() {
+    let dir = common::tiny_llama_folder("prune-dtype-src", |_| {});
+    let opts = PruneOptions {
+        sparsity: Some(0.5),
+        ..PruneOptions::default()
+    };
+    let pruned = source::open(&dir)
+        .unwrap()
+        .pruned(opts.clone(), None)
+        .unwrap();
+    assert_eq!(FolderDtype::of_source(&pruned).unwrap(), FolderDtype::F32);
+    let tmp = |tag: &str| {
+        let p = std::env::temp_dir().join(format!("microllm-prune-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        p
+    };
+    type Round = fn(f32) -> f32;
+    let round: [(FolderDtype, Round); 2] = [
+        (FolderDtype::F16, |v| half::f16::from_f32(v).to_f32()),
+        (FolderDtype::BF16, |v| half::bf16::from_f32(v).to_f32()),
+    ];
+    for (dtype, round) in round {
+        let out = tmp(dtype.name());
+        prune::write_hf_folder(&pruned, &out, &opts, dtype, |_, _, _| {}).unwrap();
+        assert_eq!(folder_dtypes(&out), [dtype.name()]);
+        let back = source::open(&out).unwrap();
+        let mut changed = 0;
+        for n in pruned.tensors.names() {
+            let want = pruned.tensors.load_f32(&n).unwrap();
+            let got = back.tensors.load_f32(&n).unwrap();
+            assert_eq!(got.shape(), want.shape(), "{n}");
+            for (g, w) in got.data().iter().zip(want.data()) {
+                assert_eq!(g.to_bits(), round(*w).to_bits(), "{n}: {w}");
+                changed += (g != w) as usize;
+            }
+        }
+        // Rounding happened (the check above can tell the types apart) and
+        // the zeros stayed zeros (exact sparsity in the half-size folder).
+        assert!(changed > 0, "{}", dtype.name());
+        let w = back.tensors.load_f32(&Proj::Up.tensor_name(0)).unwrap();
+        for row in w.data().chunks(32) {
+            assert_eq!(row.iter().filter(|v| **v == 0.0).count(), 16);
+        }
+        // auto, from this folder, keeps its type.
+        assert_eq!(FolderDtype::of_source(&back).unwrap(), dtype);
+        let _ = std::fs::remove_dir_all(out);
+    }
+    // From a GGUF file (quantized): auto is f32; the written config says
+    // which type the tensors are.
+    let gguf = source::open(&common::root().join("fixtures/gguf/tiny-llama.gguf")).unwrap();
+    assert_eq!(FolderDtype::of_source(&gguf).unwrap(), FolderDtype::F32);
+    let out = tmp("gguf-bf16");
+    prune::write_hf_folder(&gguf, &out, &opts, FolderDtype::BF16, |_, _, _| {}).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["torch_dtype"], "bfloat16");
+    assert_eq!(folder_dtypes(&out), ["BF16"]);
+    assert!(FolderDtype::parse("f64").is_err());
+    assert_eq!(FolderDtype::parse("auto").unwrap(), None);
+    let _ = std::fs::remove_dir_all(out);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -3,8 +3,8 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use microllm::prune::{
-    self, calibration_tokens, collect_norms, LayerSpec, Method, Output, Pattern, PruneOptions,
-    Scope, TensorSparsity,
+    self, calibration_tokens, collect_norms, FolderDtype, LayerSpec, Method, Output, Pattern,
+    PruneOptions, Scope, TensorSparsity,
 };
 use microllm::{source, Model};
 use std::path::{Path, PathBuf};
@@ -15,9 +15,9 @@ pub struct PruneArgs {
     /// Source: a Hugging Face folder, a .gguf file or a .mllm file.
     source: PathBuf,
     /// Output: a .mllm file (pruned, then quantized by --quant), or any
-    /// other path for a Hugging Face folder (safetensors, f32; from a GGUF
-    /// or .mllm SOURCE the config and tokenizer files are written, from a
-    /// folder they are copied).
+    /// other path for a Hugging Face folder (safetensors of type --dtype;
+    /// from a GGUF or .mllm SOURCE the config and tokenizer files are
+    /// written, from a folder they are copied).
     #[arg(long, short = 'o', required_unless_present = "report")]
     out: Option<PathBuf>,
     /// Fraction of the selected weights to remove, in [0, 1). Implied by an N:M pattern.
@@ -50,6 +50,10 @@ pub struct PruneArgs {
     /// .mllm output: type of the output head (the token embedding too, when tied). Default: q8 for q4/q4m.
     #[arg(long)]
     keep_output: Option<String>,
+    /// Folder output: tensor type, f32, f16, bf16 or auto (the SOURCE folder's own F16/BF16,
+    /// else f32, which holds a GGUF or .mllm file's dequantized values exactly).
+    #[arg(long, default_value = "auto")]
+    dtype: String,
     /// .mllm output: store 2:4-pruned matrices dense (zeros kept) instead of as q4s24/q8s24.
     #[arg(long)]
     dense: bool,
@@ -172,8 +176,13 @@ pub fn cmd_prune(a: PruneArgs) -> Result<()> {
         .map(crate::tensor_type)
         .transpose()?;
     let output = a.out.as_deref().map(Output::from_path);
+    let dtype = FolderDtype::parse(&a.dtype)?;
     let parts = source::open(&a.source)?;
     opts.check_model(&parts.config)?;
+    let dtype = match dtype {
+        Some(d) => d,
+        None => FolderDtype::of_source(&parts)?,
+    };
     let calib_text = a
         .calib
         .as_deref()
@@ -244,12 +253,13 @@ pub fn cmd_prune(a: PruneArgs) -> Result<()> {
         };
         match out {
             Output::HfFolder(dir) => {
-                let rows = prune::write_hf_folder(&parts, dir, &opts, progress)?;
+                let rows = prune::write_hf_folder(&parts, dir, &opts, dtype, progress)?;
                 b.finish_and_clear();
                 print_sparsity(&rows, a.verbose);
                 println!(
-                    "wrote {} (Hugging Face folder, f32) in {:.1} s",
+                    "wrote {} (Hugging Face folder, {}) in {:.1} s",
                     dir.display(),
+                    dtype.name(),
                     start.elapsed().as_secs_f64()
                 );
             }

@@ -704,6 +704,10 @@ fn prune_rejects_bad_options_before_any_work() {
             "contradicts",
         ),
         (vec![hf, "-o", o], "needs --sparsity"),
+        (
+            vec![hf, "-o", o, "--sparsity", "0.5", "--dtype", "f64"],
+            "unknown folder dtype 'f64'",
+        ),
     ];
     for (args, want) in cases {
         let mut full = vec!["prune"];
@@ -738,9 +742,12 @@ fn prune_gguf_to_hf_folder_then_inspect_and_run() {
         dir.to_str().unwrap(),
         "--sparsity",
         "0.5",
+        "--dtype",
+        "bf16",
     ]);
     assert!(ok, "{err}");
     assert!(stdout.contains("achieved sparsity: 50.00%"), "{stdout}");
+    assert!(stdout.contains("(Hugging Face folder, BF16)"), "{stdout}");
     for f in [
         "config.json",
         "generation_config.json",
