@@ -73,13 +73,17 @@ pub fn avx512_vbmi_available() -> bool {
 /// evicted, less too late).
 pub(crate) const PREFETCH_AHEAD: usize = 1536;
 
-/// [`PREFETCH_AHEAD`] for the AVX-512 int8 decode kernel on q8 weights,
-/// whose 4-row tiles are twice as long as q4's. At 1 thread 768 bytes
-/// ahead decoded q8 1–3% faster than 1536 in three alternating runs
-/// (session 13; its share of the 1 GiB read loop 76.3% against 74.2%),
-/// at 2 threads the same within the noise (+2.5%, −1%); q4 was 1.5%
-/// (1 thread) to 6% (2 threads) slower at 768, so it keeps 1536.
-pub(crate) const PREFETCH_AHEAD_Q8: usize = 768;
+/// How far past the next 4-row tile's bytes the AVX-512 int8 decode
+/// kernel asks for weights ([`prefetch_line`]). With each pair of blocks of
+/// a row it reads, it asks for one line of the same row 4 rows on, plus
+/// this: requests spread evenly over the reads, which also reaches into the
+/// next matrix while a matrix ends. Asking for a whole tile at once at its
+/// start ([`prefetch`], 768 or 1536 bytes ahead: session 13) kept memory
+/// busier in bursts and idle between them. Session 14, alternating runs,
+/// tg128 tok/s, tile-start → spread with 4 KiB: q8 1 thread 106 → 117,
+/// 2 threads 186 → 222; q4 163 → 225 and 285 → 350 (2 KiB and 8 KiB were
+/// each slower in at least one of these).
+pub(crate) const PREFETCH_SPREAD: usize = 4096;
 
 /// Asks for the cache lines of `base[ahead..ahead + len]` (in bytes) to be
 /// loaded into L1. Only hints: the addresses need not be valid (a
@@ -98,6 +102,15 @@ pub(crate) fn prefetch(base: *const u8, len: usize, ahead: usize) {
         };
         o += 64;
     }
+}
+
+/// Asks for the cache line at `p` (a hint: `p` need not be valid).
+#[inline(always)]
+pub(crate) fn prefetch_line(p: *const u8) {
+    // SAFETY: `_mm_prefetch` is SSE (part of x86-64) and never faults.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
 }
 
 /// Runs an in-place prompt kernel (`f` fills every element of the
