@@ -26,6 +26,7 @@ use crate::format::{
     expected_tensors, Metadata, MllmWriter, Provenance, Recipe, Role, TokenizerInfo, TokenizerKind,
 };
 use crate::model::{LinearHook, Logits, Model, Proj};
+use crate::safetensors::Dtype;
 use crate::source::{ModelParts, SourceFormat, TensorSource};
 use crate::tensor::Tensor;
 use microllm_kernels::quant::{sparse, TensorType};
@@ -887,19 +888,24 @@ impl FolderDtype {
         let name = "model.embed_tokens.weight";
         let dtype = w.file_of(name).and_then(|f| f.get(name)).map(|t| t.dtype);
         Ok(match dtype {
-            Some(crate::safetensors::Dtype::F16) => FolderDtype::F16,
-            Some(crate::safetensors::Dtype::BF16) => FolderDtype::BF16,
+            Some(Dtype::F16) => FolderDtype::F16,
+            Some(Dtype::BF16) => FolderDtype::BF16,
             _ => FolderDtype::F32,
         })
     }
 
-    /// The safetensors header's name.
-    pub fn name(self) -> &'static str {
+    /// The safetensors type written.
+    pub fn dtype(self) -> Dtype {
         match self {
-            FolderDtype::F32 => "F32",
-            FolderDtype::F16 => "F16",
-            FolderDtype::BF16 => "BF16",
+            FolderDtype::F32 => Dtype::F32,
+            FolderDtype::F16 => Dtype::F16,
+            FolderDtype::BF16 => Dtype::BF16,
         }
+    }
+
+    /// The safetensors header's name ("F32", "F16", "BF16").
+    pub fn name(self) -> &'static str {
+        self.dtype().name()
     }
 
     /// config.json's `torch_dtype`.
@@ -908,13 +914,6 @@ impl FolderDtype {
             FolderDtype::F32 => "float32",
             FolderDtype::F16 => "float16",
             FolderDtype::BF16 => "bfloat16",
-        }
-    }
-
-    fn size(self) -> usize {
-        match self {
-            FolderDtype::F32 => 4,
-            FolderDtype::F16 | FolderDtype::BF16 => 2,
         }
     }
 
@@ -986,7 +985,7 @@ pub fn write_hf_folder(
             .tensors
             .shape(n)
             .ok_or_else(|| Error::format(src, format!("no shape for '{n}'")))?;
-        let bytes = shape.iter().product::<usize>() * dtype.size();
+        let bytes = shape.iter().product::<usize>() * dtype.dtype().size();
         header.insert(
             n.clone(),
             serde_json::json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [offset, offset + bytes]}),
@@ -1008,7 +1007,7 @@ pub fn write_hf_folder(
     for (i, n) in names.iter().enumerate() {
         let t = parts.tensors.load_f32(n)?;
         let pruned = parse_proj_name(n).is_some_and(|(l, p)| opts.layers.selects(l, p));
-        let mut buf = Vec::with_capacity(t.numel() * dtype.size());
+        let mut buf = Vec::with_capacity(t.numel() * dtype.dtype().size());
         dtype.extend(&mut buf, t.data());
         w.write_all(&buf).map_err(io)?;
         report.push(TensorSparsity::of(n, &t, pruned));
